@@ -1,0 +1,24 @@
+//! bizra's pure stages and thin timely operators.
+//!
+//! # Layout
+//! - `observation`: decoded observation and provenance types.
+//! - `decode`: bytes → observation or dead letter (SPEC §1.1, §1.4).
+//! - `dead_letter`: the dead-letter record and its error kinds.
+//! - `policy`: weights, thresholds and keywords of the stages, with the reference default.
+//! - `convergence`, `value`, `ethics`, `snr`: the scoring stages (SPEC §2.1, §2.3–§2.5).
+//! - `verification/`: digest, signatures, replay guard, tiers, Merkle trees, commitments.
+//! - `verdict`: the output record (SPEC §1.2).
+//! - `operators/`: timely operators wrapping the stages; `pipeline` wires them.
+
+pub mod convergence;
+pub mod dead_letter;
+pub mod decode;
+pub mod ethics;
+pub mod observation;
+pub mod operators;
+pub mod pipeline;
+pub mod policy;
+pub mod snr;
+pub mod value;
+pub mod verdict;
+pub mod verification;

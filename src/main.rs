@@ -1,1 +1,362 @@
-fn main(){}
+//! The `bizra` command line. Parses flags, loads configuration (exit 2 on any start-up
+//! problem, naming the file and key), and dispatches to the runtime.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use bizra::config::{self, Config, ConfigError};
+use bizra::gen::{GenConfig, Generator};
+use bizra::io::{InputSpec, OutputSpec};
+use bizra::run::{self, Cluster, Outputs, Source};
+use bizra_dataflows::decode::Limits;
+use bizra_dataflows::pipeline::PipelineConfig;
+use bizra_dataflows::verification::signature::{self, Keyring};
+use clap::{Args, Parser, Subcommand};
+use ed25519_dalek::SigningKey;
+
+#[derive(Parser)]
+#[command(
+    name = "bizra",
+    version,
+    about = "Streaming decision engine: observations in, signed verdicts out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the decision pipeline (embedded mode: JSONL file, stdin or the generator).
+    Run(RunArgs),
+    /// Write generated observations as JSONL to stdout.
+    Gen(GenArgs),
+    /// Make a node signing key; prints its public key (standard base64, raw 32 bytes).
+    Keygen {
+        /// Where to write the key (created with mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check verdicts against commitments and a public key; exit 1 on any failure.
+    Verify {
+        #[arg(long)]
+        verdicts: PathBuf,
+        #[arg(long)]
+        commitments: PathBuf,
+        /// The node's public key: standard base64, or a file holding it.
+        #[arg(long)]
+        pubkey: String,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// JSONL observations to read; `-` is stdin.
+    #[arg(long, default_value = "-")]
+    input: String,
+    /// Where verdicts go; `-` is stdout.
+    #[arg(long, default_value = "-")]
+    output: String,
+    /// Write commitments (JSONL) here; without it they are counted, not written.
+    #[arg(long)]
+    commitments: Option<PathBuf>,
+    /// Write dead letters (JSONL) here; without it they are counted, not written.
+    #[arg(long)]
+    dlq: Option<PathBuf>,
+    /// Generate N observations in-process instead of reading input.
+    #[arg(long, value_name = "N")]
+    gen: Option<u64>,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Generator: fraction of bad records.
+    #[arg(long, default_value_t = 0.0)]
+    bad_fraction: f64,
+    /// Configuration file (overrides the embedded defaults key by key).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Policy file (TOML); default: config `policy.path`, else the reference policy.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Keyring file (TOML); default: config `keys.keyring_path`.
+    #[arg(long)]
+    keyring: Option<PathBuf>,
+    /// Node signing key for commitments; default: config `keys.signing_key_path`, else ephemeral.
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
+    /// Worker threads per process.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    workers: usize,
+    /// Number of processes.
+    #[arg(short = 'n', long, default_value_t = 1)]
+    processes: usize,
+    /// This process's index.
+    #[arg(short = 'p', long, default_value_t = 0)]
+    process: usize,
+    /// One host:port per process, in process order.
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    #[arg(long)]
+    count: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 0.0)]
+    bad_fraction: f64,
+    /// Sign with the key in this file (made by `bizra keygen`); without it a key derived from
+    /// the seed is used.
+    #[arg(long)]
+    sign_key: Option<PathBuf>,
+    /// Also write a keyring (TOML) holding the signing key's public half.
+    #[arg(long)]
+    keyring_out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => cmd_run(a),
+        Command::Gen(a) => cmd_gen(a),
+        Command::Keygen { out } => cmd_keygen(&out),
+        Command::Verify {
+            verdicts,
+            commitments,
+            pubkey,
+        } => cmd_verify(&verdicts, &commitments, &pubkey),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("bizra: configuration error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("bizra: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keyring_text(name: &str, key: &SigningKey) -> String {
+    let pk = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
+    format!("[keys]\n{name} = \"{pk}\"\n")
+}
+
+fn cmd_gen(a: GenArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let key = a.sign_key.as_deref().map(config::load_signing_key).transpose()?;
+    let g = Generator::new(
+        GenConfig {
+            seed: a.seed,
+            bad_fraction: a.bad_fraction,
+        },
+        key,
+    );
+    if let Some(p) = &a.keyring_out {
+        std::fs::write(p, keyring_text(g.key_id(), g.key()))
+            .with_context(|| format!("{}: cannot write keyring", p.display()))?;
+    }
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    for i in 0..a.count {
+        w.write_all(&g.record(i))?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_keygen(out: &Path) -> anyhow::Result<ExitCode> {
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    write_secret(out, &signature::signing_key_to_file_text(&key))?;
+    println!(
+        "{}",
+        base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("{}: cannot create key file", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn cmd_verify(verdicts: &Path, commitments: &Path, pubkey: &str) -> anyhow::Result<ExitCode> {
+    let text = if Path::new(pubkey).is_file() {
+        std::fs::read_to_string(pubkey).with_context(|| format!("{pubkey}: cannot read"))?
+    } else {
+        pubkey.to_owned()
+    };
+    let pk = signature::parse_public_key(text.trim()).map_err(|e| anyhow::anyhow!("--pubkey: {e}"))?;
+    let report = bizra::verify_cmd::verify_files(verdicts, commitments, &pk)?;
+    for f in &report.failures {
+        println!("FAIL {f}");
+    }
+    println!(
+        "checked {} verdicts ({} inclusion proofs) against {} commitments: {} failures",
+        report.verdicts,
+        report.proofs_checked,
+        report.commitments,
+        report.failures.len()
+    );
+    Ok(if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(a.config.as_deref())?;
+    let nonempty = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+    let policy_path = a.policy.clone().or_else(|| nonempty(&cfg.policy.path));
+    let policy = config::load_policy(policy_path.as_deref())?;
+    let keyring_path = a.keyring.clone().or_else(|| nonempty(&cfg.keys.keyring_path));
+    let mut keyring = match &keyring_path {
+        Some(p) => config::load_keyring(p)?,
+        None => Keyring::new(),
+    };
+    let key_path = a
+        .signing_key
+        .clone()
+        .or_else(|| nonempty(&cfg.keys.signing_key_path));
+    let signing_key = match &key_path {
+        Some(p) => config::load_signing_key(p)?,
+        None => {
+            let k = SigningKey::generate(&mut rand::rngs::OsRng);
+            tracing::info!(
+                public_key = %base64::engine::general_purpose::STANDARD.encode(k.verifying_key().as_bytes()),
+                key_id = %signature::key_id(&k.verifying_key()),
+                "ephemeral commitment key"
+            );
+            k
+        }
+    };
+    let source = match a.gen {
+        Some(count) => {
+            let g = Generator::new(
+                GenConfig {
+                    seed: a.seed,
+                    bad_fraction: a.bad_fraction,
+                },
+                None,
+            );
+            keyring.insert(g.key_id().to_owned(), g.key().verifying_key());
+            Source::Gen {
+                count,
+                generator: Arc::new(g),
+            }
+        }
+        None => Source::Lines(InputSpec::parse(&a.input)),
+    };
+    let mut run_id = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut run_id);
+    let pipeline = PipelineConfig {
+        limits: Limits {
+            max_payload_bytes: cfg.limits.max_payload_bytes,
+        },
+        max_message_bytes: cfg.limits.max_message_bytes,
+        verify: cfg.verification.clone(),
+        policy: Arc::new(policy),
+        keyring: Arc::new(keyring),
+        signing_key: Arc::new(signing_key),
+        run: run_id,
+    };
+    let outputs = Outputs {
+        verdicts: if a.output == "-" {
+            OutputSpec::Stdout
+        } else {
+            OutputSpec::File(a.output.clone().into())
+        },
+        commitments: a
+            .commitments
+            .clone()
+            .map_or(OutputSpec::Discard, OutputSpec::File),
+        dead_letters: a.dlq.clone().map_or(OutputSpec::Discard, OutputSpec::File),
+    };
+    let cluster = Cluster {
+        workers: a.workers.max(1),
+        processes: a.processes.max(1),
+        process: a.process,
+        hostfile: a.hostfile.clone(),
+    };
+    let progress = Arc::new(AtomicU64::new(0));
+    let bar = progress_bar(a.gen, a.quiet, progress.clone());
+    let summary = run::run(
+        cluster,
+        pipeline,
+        cfg.pipeline.epoch_records,
+        cfg.pipeline.max_inflight_epochs,
+        source,
+        outputs,
+        progress,
+    );
+    if let Some((bar, stop, handle)) = bar {
+        stop.store(u64::MAX, Ordering::Relaxed);
+        let _ = handle.join();
+        bar.finish_and_clear();
+    }
+    let summary = summary?;
+    if a.process == 0 && !a.quiet {
+        eprint!("{}", summary.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+type Bar = (
+    indicatif::ProgressBar,
+    Arc<AtomicU64>,
+    std::thread::JoinHandle<()>,
+);
+
+/// A progress bar on stderr, fed from the workers' counter by a thread of its own.
+fn progress_bar(total: Option<u64>, quiet: bool, counter: Arc<AtomicU64>) -> Option<Bar> {
+    if quiet {
+        return None;
+    }
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} observations ({per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let stop = Arc::new(AtomicU64::new(0));
+    let (b, s) = (bar.clone(), stop.clone());
+    let handle = std::thread::spawn(move || {
+        while s.load(Ordering::Relaxed) == 0 {
+            b.set_position(counter.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    Some((bar, stop, handle))
+}

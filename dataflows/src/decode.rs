@@ -1,1 +1,494 @@
-//! (placeholder)
+//! Decoding (SPEC §1.1): raw record bytes → [`Observation`] or a [`DecodeError`] naming the
+//! field and what was expected. Pure and total: it never panics on any input. It does not
+//! score, verify or look at keys; it only enforces the wire format.
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::dead_letter::{DecodeError, ErrorKind};
+use crate::observation::{EthicsContext, Observation, SignatureRef, Urgency};
+
+/// Size limits applied while decoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted payload after base64 decoding (`limits.max_payload_bytes`).
+    pub max_payload_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Largest `id` in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Largest `features` vector.
+pub const MAX_FEATURES: usize = 4096;
+
+/// The top level as borrowed raw JSON per known field, so that each field's error can name
+/// it. Unknown top-level fields are ignored (forward compatibility).
+#[derive(Deserialize)]
+struct RawObservation<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data_b64: Option<&'a RawValue>,
+    #[serde(borrow)]
+    urgency: Option<&'a RawValue>,
+    #[serde(borrow)]
+    context: Option<&'a RawValue>,
+    #[serde(borrow)]
+    features: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    source: Option<&'a RawValue>,
+    #[serde(borrow)]
+    attestation: Option<&'a RawValue>,
+    #[serde(borrow)]
+    digest: Option<&'a RawValue>,
+    #[serde(borrow)]
+    signature: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawContext<'a> {
+    #[serde(borrow)]
+    stakeholders: Option<&'a RawValue>,
+    #[serde(borrow)]
+    affected: Option<&'a RawValue>,
+    #[serde(borrow)]
+    domain: Option<&'a RawValue>,
+    #[serde(borrow)]
+    potential_benefits: Option<&'a RawValue>,
+    #[serde(borrow)]
+    potential_harms: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reversibility: Option<&'a RawValue>,
+    #[serde(borrow)]
+    intended_outcome: Option<&'a RawValue>,
+    #[serde(borrow)]
+    constraints: Option<&'a RawValue>,
+    #[serde(borrow)]
+    history: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cultural_context: Option<&'a RawValue>,
+    #[serde(borrow)]
+    hidden_agenda: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignature<'a> {
+    #[serde(borrow)]
+    key_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    sig: Option<&'a RawValue>,
+}
+
+fn invalid(field: &str, expected: &str) -> DecodeError {
+    DecodeError::new(
+        ErrorKind::InvalidField,
+        format!("field `{field}`: expected {expected}"),
+    )
+}
+
+fn missing(field: &str, expected: &str) -> DecodeError {
+    DecodeError::new(
+        ErrorKind::MissingField,
+        format!("field `{field}` is required: expected {expected}"),
+    )
+}
+
+/// Parses one field's raw JSON as `T`, or reports it invalid with what was expected.
+fn field<'a, T: Deserialize<'a>>(raw: &'a RawValue, name: &str, expected: &str) -> Result<T, DecodeError> {
+    serde_json::from_str(raw.get()).map_err(|e| {
+        let found = describe(raw.get());
+        DecodeError::new(
+            ErrorKind::InvalidField,
+            format!("field `{name}`: expected {expected}, found {found} ({e})"),
+        )
+    })
+}
+
+/// A short description of a JSON value for error messages.
+fn describe(raw: &str) -> String {
+    let kind = match raw.as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't') | Some(b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    };
+    kind.to_string()
+}
+
+fn opt<'a, T: Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    name: &str,
+    expected: &str,
+) -> Result<Option<T>, DecodeError> {
+    raw.map(|r| field(r, name, expected)).transpose()
+}
+
+/// Decodes one observation record.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Observation, DecodeError> {
+    let raw: RawObservation = serde_json::from_slice(bytes).map_err(classify_top)?;
+
+    let id: &str = match raw.id {
+        None => return Err(missing("id", "a string of 1–256 bytes")),
+        Some(r) => field(r, "id", "a string of 1–256 bytes")?,
+    };
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(invalid(
+            "id",
+            &format!("a string of 1–256 bytes, found {} bytes", id.len()),
+        ));
+    }
+
+    let payload_sha256 = payload_digest(&raw, limits)?;
+
+    let urgency = match opt::<&str>(raw.urgency, "urgency", "a string")? {
+        None => Urgency::NearRealTime,
+        Some(s) => Urgency::parse(s).ok_or_else(|| {
+            invalid(
+                "urgency",
+                &format!("one of real_time, near_real_time, batch, deferred, found {s:?}"),
+            )
+        })?,
+    };
+
+    let context = match raw.context {
+        None => EthicsContext::default(),
+        Some(r) => decode_context(r)?,
+    };
+
+    let features = match raw.features {
+        None => None,
+        Some(r) => Some(decode_features(r)?),
+    };
+
+    let timestamp_ms = match opt::<&str>(raw.timestamp, "timestamp", "an RFC 3339 string")? {
+        None => None,
+        Some(s) => Some(parse_rfc3339_ms(s).ok_or_else(|| {
+            invalid(
+                "timestamp",
+                &format!("an RFC 3339 date-time such as 2026-01-02T03:04:05Z, found {s:?}"),
+            )
+        })?),
+    };
+
+    let source = opt::<String>(raw.source, "source", "a string")?;
+    let attestation = opt::<String>(raw.attestation, "attestation", "a string")?;
+
+    let digest = match opt::<&str>(raw.digest, "digest", "a string `sha256:<64 hex>`")? {
+        None => None,
+        Some(s) => Some(parse_digest(s)?),
+    };
+
+    let signature = match raw.signature {
+        None => None,
+        Some(r) => Some(decode_signature(r)?),
+    };
+
+    Ok(Observation {
+        id: id.to_owned(),
+        payload_sha256,
+        urgency,
+        context,
+        features,
+        timestamp_ms,
+        source,
+        attestation,
+        digest,
+        signature,
+    })
+}
+
+/// Syntax errors mean the bytes are not JSON; data errors at the top level mean valid JSON
+/// of the wrong shape.
+fn classify_top(e: serde_json::Error) -> DecodeError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            let msg = e.to_string();
+            if msg.starts_with("duplicate field") {
+                DecodeError::new(
+                    ErrorKind::InvalidField,
+                    format!("{msg}: each field may appear once"),
+                )
+            } else {
+                DecodeError::new(
+                    ErrorKind::NotObject,
+                    format!("expected a JSON object, found another JSON value ({msg})"),
+                )
+            }
+        }
+        Category::Io | Category::Syntax | Category::Eof => {
+            DecodeError::new(ErrorKind::NotJson, format!("not valid JSON: {e}"))
+        }
+    }
+}
+
+fn payload_digest(raw: &RawObservation, limits: &Limits) -> Result<[u8; 32], DecodeError> {
+    let max = limits.max_payload_bytes;
+    let too_large = |n: usize| {
+        DecodeError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("payload is {n} bytes, the limit is {max} bytes"),
+        )
+    };
+    match (raw.data, raw.data_b64) {
+        (None, None) => Err(missing("data", "exactly one of `data` or `data_b64`")),
+        (Some(_), Some(_)) => Err(invalid("data", "exactly one of `data` or `data_b64`, found both")),
+        (Some(r), None) => {
+            let text: std::borrow::Cow<str> = field(r, "data", "a string")?;
+            if text.len() > max {
+                return Err(too_large(text.len()));
+            }
+            Ok(Sha256::digest(text.as_bytes()).into())
+        }
+        (None, Some(r)) => {
+            let text: std::borrow::Cow<str> = field(r, "data_b64", "a base64 string")?;
+            // Reject before decoding when even the smallest decoding would be too large.
+            if text.len() / 4 * 3 > max + 2 {
+                return Err(too_large(text.len() / 4 * 3));
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .map_err(|e| invalid("data_b64", &format!("standard padded base64 ({e})")))?;
+            if bytes.len() > max {
+                return Err(too_large(bytes.len()));
+            }
+            Ok(Sha256::digest(&bytes).into())
+        }
+    }
+}
+
+fn string_list(raw: Option<&RawValue>, name: &str) -> Result<Option<Vec<String>>, DecodeError> {
+    opt(raw, name, "an array of strings")
+}
+
+fn decode_context(raw: &RawValue) -> Result<EthicsContext, DecodeError> {
+    let c: RawContext = serde_json::from_str(raw.get()).map_err(|e| {
+        if e.to_string().starts_with("duplicate field") {
+            invalid("context", &format!("an object with unique keys ({e})"))
+        } else {
+            invalid("context", &format!("an object, found {}", describe(raw.get())))
+        }
+    })?;
+    let reversibility = opt::<f64>(c.reversibility, "context.reversibility", "a number")?;
+    Ok(EthicsContext {
+        stakeholders: string_list(c.stakeholders, "context.stakeholders")?,
+        affected: string_list(c.affected, "context.affected")?,
+        domain: opt(c.domain, "context.domain", "a string")?,
+        potential_benefits: string_list(c.potential_benefits, "context.potential_benefits")?,
+        potential_harms: string_list(c.potential_harms, "context.potential_harms")?,
+        reversibility,
+        intended_outcome: opt(c.intended_outcome, "context.intended_outcome", "a string")?,
+        constraints_nonempty: opt::<serde_json::Map<String, serde_json::Value>>(
+            c.constraints,
+            "context.constraints",
+            "an object",
+        )?
+        .map(|m| !m.is_empty()),
+        history_nonempty: opt::<Vec<&RawValue>>(c.history, "context.history", "an array")?
+            .map(|v| !v.is_empty()),
+        cultural_context: opt(c.cultural_context, "context.cultural_context", "a string")?,
+        hidden_agenda: opt(c.hidden_agenda, "context.hidden_agenda", "a boolean")?,
+    })
+}
+
+fn decode_features(raw: &RawValue) -> Result<Vec<f64>, DecodeError> {
+    let expected = "an array of 1–4096 finite numbers";
+    let values: Vec<f64> = field(raw, "features", expected)?;
+    if values.is_empty() || values.len() > MAX_FEATURES {
+        return Err(invalid(
+            "features",
+            &format!("{expected}, found {} values", values.len()),
+        ));
+    }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(invalid(
+            "features",
+            &format!("{expected}, found a non-finite value at index {i}"),
+        ));
+    }
+    Ok(values)
+}
+
+fn parse_digest(s: &str) -> Result<[u8; 32], DecodeError> {
+    let expected = "`sha256:` followed by 64 hex digits";
+    let hexpart = s
+        .strip_prefix("sha256:")
+        .ok_or_else(|| invalid("digest", &format!("{expected}, found {s:?}")))?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hexpart, &mut out).map_err(|e| invalid("digest", &format!("{expected} ({e})")))?;
+    Ok(out)
+}
+
+fn decode_signature(raw: &RawValue) -> Result<SignatureRef, DecodeError> {
+    let expected = "an object {\"key_id\": string, \"sig\": base64 Ed25519 signature}";
+    let s: RawSignature =
+        serde_json::from_str(raw.get()).map_err(|e| invalid("signature", &format!("{expected} ({e})")))?;
+    let key_id: String = match s.key_id {
+        None => return Err(missing("signature.key_id", "a string")),
+        Some(r) => field(r, "signature.key_id", "a string")?,
+    };
+    if key_id.is_empty() {
+        return Err(invalid("signature.key_id", "a non-empty string"));
+    }
+    let sig_text: &str = match s.sig {
+        None => return Err(missing("signature.sig", "a base64 Ed25519 signature")),
+        Some(r) => field(r, "signature.sig", "a base64 string")?,
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sig_text)
+        .map_err(|e| invalid("signature.sig", &format!("standard padded base64 ({e})")))?;
+    let sig: [u8; 64] = bytes.as_slice().try_into().map_err(|_| {
+        invalid(
+            "signature.sig",
+            &format!("a 64-byte Ed25519 signature, found {} bytes", bytes.len()),
+        )
+    })?;
+    Ok(SignatureRef { key_id, sig })
+}
+
+/// Parses an RFC 3339 date-time to Unix milliseconds.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(s: &str) -> ErrorKind {
+        decode(s.as_bytes(), &Limits::default()).unwrap_err().kind
+    }
+
+    #[test]
+    fn minimal_observation_decodes_with_defaults() {
+        let o = decode(br#"{"id":"a","data":"hello"}"#, &Limits::default()).unwrap();
+        assert_eq!(o.id, "a");
+        assert_eq!(o.urgency, Urgency::NearRealTime);
+        assert_eq!(o.payload_sha256, <[u8; 32]>::from(Sha256::digest(b"hello")));
+        assert_eq!(o.context, EthicsContext::default());
+    }
+
+    #[test]
+    fn data_and_data_b64_give_the_same_digest() {
+        let a = decode(br#"{"id":"a","data":"hello"}"#, &Limits::default()).unwrap();
+        let b = decode(br#"{"id":"a","data_b64":"aGVsbG8="}"#, &Limits::default()).unwrap();
+        assert_eq!(a.payload_sha256, b.payload_sha256);
+    }
+
+    #[test]
+    fn each_rule_has_its_kind() {
+        assert_eq!(kind("nope"), ErrorKind::NotJson);
+        assert_eq!(kind(""), ErrorKind::NotJson);
+        assert_eq!(kind("[1,2]"), ErrorKind::NotObject);
+        assert_eq!(kind("42"), ErrorKind::NotObject);
+        assert_eq!(kind(r#"{"data":"x"}"#), ErrorKind::MissingField);
+        assert_eq!(kind(r#"{"id":"a"}"#), ErrorKind::MissingField);
+        assert_eq!(kind(r#"{"id":"","data":"x"}"#), ErrorKind::InvalidField);
+        assert_eq!(kind(r#"{"id":7,"data":"x"}"#), ErrorKind::InvalidField);
+        assert_eq!(
+            kind(r#"{"id":"a","data":"x","data_b64":"eA=="}"#),
+            ErrorKind::InvalidField
+        );
+        assert_eq!(kind(r#"{"id":"a","data_b64":"!!"}"#), ErrorKind::InvalidField);
+        assert_eq!(
+            kind(r#"{"id":"a","data":"x","urgency":"now"}"#),
+            ErrorKind::InvalidField
+        );
+        assert_eq!(
+            kind(r#"{"id":"a","data":"x","context":[]}"#),
+            ErrorKind::InvalidField
+        );
+        assert_eq!(
+            kind(r#"{"id":"a","data":"x","context":{"stakeholders":"x"}}"#),
+            ErrorKind::InvalidField
+        );
+        assert_eq!(
+            kind(r#"{"id":"a","data":"x","features":[]}"#),
+            ErrorKind::InvalidField
+        );
+        assert_eq!(
+            kind(r#"{"id":"a","data":"x","features":["1"]}"#),
+            ErrorKind::InvalidField
+        );
+        assert_eq!(
+            kind(r#"{"id":"a","data":"x","timestamp":"yesterday"}"#),
+            ErrorKind::InvalidField
+        );
+        assert_eq!(
+            kind(r#"{"id":"a","data":"x","digest":"md5:00"}"#),
+            ErrorKind::InvalidField
+        );
+        assert_eq!(
+            kind(r#"{"id":"a","data":"x","signature":{"key_id":"k","sig":"AAAA"}}"#),
+            ErrorKind::InvalidField
+        );
+        assert_eq!(
+            kind(r#"{"id":"a","data":"x","signature":{"sig":"AAAA"}}"#),
+            ErrorKind::MissingField
+        );
+        assert_eq!(kind(r#"{"id":"a","id":"b","data":"x"}"#), ErrorKind::InvalidField);
+    }
+
+    #[test]
+    fn id_length_is_bounded_in_bytes() {
+        let ok = format!(r#"{{"id":"{}","data":"x"}}"#, "é".repeat(128));
+        assert!(decode(ok.as_bytes(), &Limits::default()).is_ok());
+        let long = format!(r#"{{"id":"{}","data":"x"}}"#, "a".repeat(257));
+        assert_eq!(kind(&long), ErrorKind::InvalidField);
+    }
+
+    #[test]
+    fn payload_limit_applies_after_base64_decoding() {
+        let limits = Limits { max_payload_bytes: 4 };
+        assert!(decode(br#"{"id":"a","data":"abcd"}"#, &limits).is_ok());
+        let e = decode(br#"{"id":"a","data":"abcde"}"#, &limits).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PayloadTooLarge);
+        assert!(decode(br#"{"id":"a","data_b64":"YWJjZA=="}"#, &limits).is_ok());
+        let e = decode(br#"{"id":"a","data_b64":"YWJjZGU="}"#, &limits).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PayloadTooLarge);
+    }
+
+    #[test]
+    fn messages_name_the_field_and_expectation() {
+        let e = decode(br#"{"id":"a","data":"x","urgency":5}"#, &Limits::default()).unwrap_err();
+        assert!(e.message.contains("`urgency`"), "{}", e.message);
+        assert!(e.message.contains("expected a string"), "{}", e.message);
+    }
+
+    #[test]
+    fn context_keys_keep_presence_and_unknown_keys_are_ignored() {
+        let o = decode(
+            br#"{"id":"a","data":"x","context":{"potential_harms":[],"constraints":{},"history":[1],"zzz":{"q":1}}}"#,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(o.context.potential_harms, Some(vec![]));
+        assert_eq!(o.context.constraints_nonempty, Some(false));
+        assert_eq!(o.context.history_nonempty, Some(true));
+        assert_eq!(o.context.stakeholders, None);
+    }
+
+    #[test]
+    fn timestamps_parse_to_millis() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(parse_rfc3339_ms("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(parse_rfc3339_ms("nope"), None);
+    }
+}

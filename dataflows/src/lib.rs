@@ -7,7 +7,7 @@
 //! - `policy`: weights, thresholds and keywords of the stages, with the reference default.
 //! - `convergence`, `value`, `ethics`, `snr`: the scoring stages (SPEC §2.1, §2.3–§2.5).
 //! - `verification/`: digest, signatures, replay guard, tiers, Merkle trees, commitments.
-//! - `verdict`: the output record (SPEC §1.2).
+//! - `verdict`: the output record (SPEC §1.2); `record`: what flows between operators.
 //! - `operators/`: timely operators wrapping the stages; `pipeline` wires them.
 
 pub mod convergence;
@@ -17,6 +17,7 @@ pub mod ethics;
 pub mod observation;
 pub mod operators;
 pub mod pipeline;
+pub mod record;
 pub mod policy;
 pub mod snr;
 pub mod value;

@@ -1,1 +1,108 @@
-//! (placeholder)
+//! The decision dataflow, wired once for every source and sink: raw records → decode (bad →
+//! dead letters) → convergence → verify (exchanged by id bucket) → value, ethics, SNR →
+//! commit → [`Output`]. Sources and sinks are the runtime's business; this file only
+//! connects stages.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::StreamVec;
+
+use crate::convergence::converge;
+use crate::dead_letter::{DeadLetter, DecodeError, ErrorKind};
+use crate::decode::{decode, Limits};
+use crate::observation::{InputRef, Origin};
+use crate::operators::commit::{commit, Output};
+use crate::operators::verify::verify;
+use crate::operators::wall_ms;
+use crate::policy::Policy;
+use crate::record::{Decoded, Scored};
+use crate::verdict::assess;
+use crate::verification::replay::id_hash;
+use crate::verification::signature::Keyring;
+use crate::verification::VerifyConfig;
+
+/// One input record as a source read it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RawRecord {
+    pub bytes: Vec<u8>,
+    pub input: Option<InputRef>,
+    /// Input order (see [`Origin::position`]).
+    pub position: u64,
+    pub ingest_ms: i64,
+    /// Kafka message timestamp, if any.
+    pub message_ms: Option<i64>,
+    /// Set when the source cut the record at the message limit: its full length.
+    pub oversize: Option<usize>,
+}
+
+/// Everything the dataflow needs, shared read-only by all workers of a process.
+#[derive(Clone)]
+pub struct PipelineConfig {
+    pub limits: Limits,
+    /// Largest record accepted (`limits.max_message_bytes`); sources cut longer ones.
+    pub max_message_bytes: usize,
+    pub verify: VerifyConfig,
+    pub policy: Arc<Policy>,
+    pub keyring: Arc<Keyring>,
+    pub signing_key: Arc<SigningKey>,
+    /// This run's id: commitment chains are per (run, shard).
+    pub run: [u8; 8],
+}
+
+/// Decodes one raw record into a routed observation or a dead letter.
+pub fn decode_record(r: RawRecord, limits: &Limits, max_message_bytes: usize) -> Result<Decoded, DeadLetter> {
+    let result = match r.oversize {
+        Some(len) => Err(DecodeError::new(
+            ErrorKind::MessageTooLarge,
+            format!("record is {len} bytes, the limit is {max_message_bytes} bytes"),
+        )),
+        None => decode(&r.bytes, limits),
+    };
+    match result {
+        Ok(obs) => {
+            let event_ms = obs.timestamp_ms.or(r.message_ms).unwrap_or(r.ingest_ms);
+            let id_hash = id_hash(&obs.id);
+            Ok(Decoded {
+                obs,
+                origin: Origin {
+                    input: r.input,
+                    position: r.position,
+                    ingest_ms: r.ingest_ms,
+                    event_ms,
+                },
+                id_hash,
+            })
+        }
+        Err(e) => Err(DeadLetter::new(e, r.input, &r.bytes, wall_ms())),
+    }
+}
+
+/// Builds the decision dataflow over `raw` and returns everything to write.
+pub fn build<'s>(raw: StreamVec<'s, u64, RawRecord>, cfg: &PipelineConfig) -> StreamVec<'s, u64, Output> {
+    let limits = cfg.limits.clone();
+    let max_message_bytes = cfg.max_message_bytes;
+    let (decoded, dead): (StreamVec<'s, u64, Decoded>, StreamVec<'s, u64, DeadLetter>) =
+        raw.ok_err(move |r| decode_record(r, &limits, max_message_bytes));
+
+    let conv_policy = cfg.policy.convergence.clone();
+    let scored = decoded.map(move |d| {
+        let convergence = converge(&d.obs, &conv_policy);
+        Scored {
+            decoded: d,
+            convergence,
+        }
+    });
+
+    let checked = verify(scored, cfg.verify.clone(), cfg.keyring.clone());
+
+    let policy = cfg.policy.clone();
+    let version: Arc<str> = policy.version().into();
+    let assessed = checked.map(move |e| e.map(|c| assess(c, &policy, &version)));
+
+    commit(assessed, cfg.run, cfg.signing_key.clone()).concat(dead.map(Output::DeadLetter))
+}

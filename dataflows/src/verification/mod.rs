@@ -45,3 +45,102 @@ impl Tier {
         }
     }
 }
+
+/// Outcome of the digest check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DigestCheck {
+    Ok,
+    Mismatch,
+    Absent,
+}
+
+/// Outcome of the signature check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureCheck {
+    Ok,
+    Bad,
+    UnknownKey,
+    Absent,
+    SampledOut,
+    RequiredMissing,
+}
+
+impl SignatureCheck {
+    pub const ALL: [SignatureCheck; 6] = [
+        SignatureCheck::Ok,
+        SignatureCheck::Bad,
+        SignatureCheck::UnknownKey,
+        SignatureCheck::Absent,
+        SignatureCheck::SampledOut,
+        SignatureCheck::RequiredMissing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureCheck::Ok => "ok",
+            SignatureCheck::Bad => "bad",
+            SignatureCheck::UnknownKey => "unknown_key",
+            SignatureCheck::Absent => "absent",
+            SignatureCheck::SampledOut => "sampled_out",
+            SignatureCheck::RequiredMissing => "required_missing",
+        }
+    }
+
+    fn failed(self) -> bool {
+        matches!(
+            self,
+            SignatureCheck::Bad | SignatureCheck::UnknownKey | SignatureCheck::RequiredMissing
+        )
+    }
+}
+
+/// The three checks of SPEC §2.2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checks {
+    pub digest: DigestCheck,
+    pub signature: SignatureCheck,
+    /// True when the id was already seen in this shard's replay window.
+    pub replay: bool,
+}
+
+/// The `verification` object of a verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    pub tier: Tier,
+    pub valid: bool,
+    pub confidence: f64,
+    pub checks: Checks,
+    /// The first failed check, `None` when valid.
+    pub reason: Option<String>,
+}
+
+/// Position of a verdict's leaf: batch `seq` of `shard`, leaf `leaf_index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BatchRef {
+    pub shard: u32,
+    pub seq: u64,
+    pub leaf_index: u32,
+}
+
+impl Checks {
+    /// The first failed check in a fixed order, as the verdict's `reason`.
+    pub fn reason(&self) -> Option<&'static str> {
+        if self.replay {
+            Some("replay")
+        } else if self.digest == DigestCheck::Mismatch {
+            Some("digest_mismatch")
+        } else {
+            match self.signature {
+                SignatureCheck::Bad => Some("bad_signature"),
+                SignatureCheck::UnknownKey => Some("unknown_key"),
+                SignatureCheck::RequiredMissing => Some("required_missing"),
+                _ => None,
+            }
+        }
+    }
+}
+
+pub mod batcher;
+pub use batcher::{ShardVerifier, VerifyConfig};

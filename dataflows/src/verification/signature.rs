@@ -1,1 +1,371 @@
-//! (placeholder)
+//! Observation signatures (SPEC §3.2): the signed message, key ids, the keyring, key parsing,
+//! the signing-key file, and single and batch Ed25519 checks. It does not choose which
+//! observations to check (the tiers in `verification/mod.rs` do) nor read files or config.
+//!
+//! Checks use ed25519-dalek's cofactorless `verify`, the same equation its batch verifier uses,
+//! so a batch and the single-check fallback judge a signature alike.
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, SigningKey, Verifier as _, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use super::leaf::id_len_be;
+
+/// Domain tag that opens every observation message, followed by a 0x00 byte.
+pub const DOMAIN: &[u8] = b"bizra/observation/v1";
+
+/// The §3.2 message: `"bizra/observation/v1"` ‖ 0x00 ‖ u16be(len id) ‖ id ‖ SHA-256(payload).
+///
+/// # Panics
+/// If the id is longer than 65 535 bytes (decode caps ids at 256).
+pub fn observation_message(id: &str, payload_sha256: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    observation_message_into(&mut out, id, payload_sha256);
+    out
+}
+
+/// Clears `out` and writes the §3.2 message into it, so one buffer serves many observations.
+///
+/// # Panics
+/// As [`observation_message`].
+pub fn observation_message_into(out: &mut Vec<u8>, id: &str, payload_sha256: &[u8; 32]) {
+    out.clear();
+    out.reserve(DOMAIN.len() + 1 + 2 + id.len() + 32);
+    out.extend_from_slice(DOMAIN);
+    out.push(0x00);
+    out.extend_from_slice(&id_len_be(id));
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(payload_sha256);
+}
+
+/// Hex of the first 8 bytes of SHA-256 of the raw 32-byte public key (SPEC §3.3): the name a
+/// commitment gives its signer, and the conventional name of a keyring entry.
+pub fn key_id(pk: &VerifyingKey) -> String {
+    hex::encode(&Sha256::digest(pk.as_bytes())[..8])
+}
+
+/// A key that could not be loaded. `entry` names where it came from (a keyring entry, a
+/// public key, the signing-key file); secret material never appears in a message.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The text is not standard padded base64.
+    #[error("{entry}: expected standard padded base64 of 32 key bytes, found text that does not decode ({source})")]
+    Base64 {
+        entry: String,
+        source: base64::DecodeError,
+    },
+    /// The base64 decodes to the wrong number of bytes.
+    #[error("{entry}: expected 32 key bytes, found {found}")]
+    Length { entry: String, found: usize },
+    /// The 32 bytes are not a compressed Edwards point.
+    #[error("{entry}: expected an Ed25519 public key (a compressed Edwards point), found 32 bytes that are not a valid point")]
+    NotAPoint { entry: String },
+    /// The point has small order: anyone could forge signatures under it.
+    #[error("{entry}: expected an Ed25519 public key of full order, found a small-order (weak) point under which signatures can be forged")]
+    WeakKey { entry: String },
+    /// The same keyring name appears twice.
+    #[error("{entry}: expected each keyring name once, found it again")]
+    Duplicate { entry: String },
+}
+
+/// Trusted observation keys by name; an observation's `signature.key_id` selects its key.
+#[derive(Clone, Debug, Default)]
+pub struct Keyring {
+    /// Name → key. Names are free-form, conventionally [`key_id`] of the key.
+    keys: HashMap<String, VerifyingKey>,
+}
+
+impl Keyring {
+    /// An empty keyring: every signed observation checks as [`SigCheck::UnknownKey`].
+    pub fn new() -> Keyring {
+        Keyring::default()
+    }
+
+    /// Loads `(name, standard base64 of the raw 32-byte key)` entries, refusing bad base64,
+    /// wrong lengths, invalid or weak points and duplicate names.
+    pub fn from_entries(entries: impl IntoIterator<Item = (String, String)>) -> Result<Keyring, KeyError> {
+        let mut ring = Keyring::new();
+        for (name, text) in entries {
+            let entry = format!("keyring entry {name:?}");
+            let key = parse_key(&entry, &text)?;
+            if ring.keys.contains_key(&name) {
+                return Err(KeyError::Duplicate { entry });
+            }
+            ring.keys.insert(name, key);
+        }
+        Ok(ring)
+    }
+
+    /// Adds or replaces a key, returning the one it replaced. The caller vouches for the key;
+    /// keys from text should come through [`parse_public_key`], which refuses weak points.
+    pub fn insert(&mut self, name: impl Into<String>, key: VerifyingKey) -> Option<VerifyingKey> {
+        self.keys.insert(name.into(), key)
+    }
+
+    /// The key registered under `name`.
+    pub fn get(&self, name: &str) -> Option<&VerifyingKey> {
+        self.keys.get(name)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when no key is registered.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// Parses a public key: standard padded base64 of the raw 32 bytes (the `/pubkey` format).
+/// Refuses invalid and small-order points.
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyError> {
+    parse_key("public key", text)
+}
+
+fn parse_key(entry: &str, text: &str) -> Result<VerifyingKey, KeyError> {
+    let bytes = decode_32(entry, text)?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::NotAPoint {
+        entry: entry.to_owned(),
+    })?;
+    if key.is_weak() {
+        return Err(KeyError::WeakKey {
+            entry: entry.to_owned(),
+        });
+    }
+    Ok(key)
+}
+
+fn decode_32(entry: &str, text: &str) -> Result<[u8; 32], KeyError> {
+    let bytes = STANDARD.decode(text.trim()).map_err(|source| KeyError::Base64 {
+        entry: entry.to_owned(),
+        source,
+    })?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyError::Length {
+        entry: entry.to_owned(),
+        found: bytes.len(),
+    })
+}
+
+/// Reads the signing-key file written by `bizra keygen`.
+///
+/// File format: one line holding the standard padded base64 of the 32-byte Ed25519 secret seed
+/// (RFC 8032 private key), optionally followed by a newline. Surrounding whitespace is ignored.
+pub fn signing_key_from_file_text(text: &str) -> Result<SigningKey, KeyError> {
+    let seed = decode_32("signing key file", text)?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Writes the signing-key file format read by [`signing_key_from_file_text`]: the base64 seed
+/// and a newline. The text is secret; store it with owner-only permissions.
+pub fn signing_key_to_file_text(key: &SigningKey) -> String {
+    let mut text = STANDARD.encode(key.as_bytes());
+    text.push('\n');
+    text
+}
+
+/// Outcome of one signature check, as reported in `verification.checks.signature`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SigCheck {
+    /// The signature verifies under the named key.
+    Ok,
+    /// The named key is known but the signature does not verify.
+    Bad,
+    /// No key of that name in the keyring.
+    UnknownKey,
+}
+
+impl SigCheck {
+    /// Wire spelling: `ok`, `bad`, `unknown_key`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigCheck::Ok => "ok",
+            SigCheck::Bad => "bad",
+            SigCheck::UnknownKey => "unknown_key",
+        }
+    }
+}
+
+/// Checks one signature over `message` under the keyring's key `key_id`.
+pub fn verify_one(keyring: &Keyring, key_id: &str, message: &[u8], sig: &[u8; 64]) -> SigCheck {
+    match keyring.get(key_id) {
+        None => SigCheck::UnknownKey,
+        Some(pk) if verify_single(pk, message, sig) => SigCheck::Ok,
+        Some(_) => SigCheck::Bad,
+    }
+}
+
+/// Checks `(key, message, signature)` items together; `result[i]` says whether item i verifies.
+///
+/// One Ed25519 batch equation for all; only when it fails is each item checked on its own to
+/// locate the bad ones. Signature bytes that are no valid encoding (s not reduced) count as bad.
+pub fn verify_batch(items: &[(&VerifyingKey, &[u8], &[u8; 64])]) -> Vec<bool> {
+    if items.len() > 1 {
+        let messages: Vec<&[u8]> = items.iter().map(|(_, m, _)| *m).collect();
+        let sigs: Vec<Signature> = items.iter().map(|(_, _, s)| Signature::from_bytes(s)).collect();
+        let keys: Vec<VerifyingKey> = items.iter().map(|(k, _, _)| **k).collect();
+        if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
+            return vec![true; items.len()];
+        }
+    }
+    items.iter().map(|(pk, m, s)| verify_single(pk, m, s)).collect()
+}
+
+fn verify_single(pk: &VerifyingKey, message: &[u8], sig: &[u8; 64]) -> bool {
+    pk.verify(message, &Signature::from_bytes(sig)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::Signer as _;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn b64(pk: &VerifyingKey) -> String {
+        STANDARD.encode(pk.as_bytes())
+    }
+
+    #[test]
+    fn observation_message_matches_the_spec_layout() {
+        let msg = observation_message("g-hello", &[9; 32]);
+        let mut want = b"bizra/observation/v1\x00\x00\x07g-hello".to_vec();
+        want.extend_from_slice(&[9; 32]);
+        assert_eq!(msg, want);
+        let mut buf = b"old".to_vec();
+        observation_message_into(&mut buf, "g-hello", &[9; 32]);
+        assert_eq!(buf, want);
+    }
+
+    #[test]
+    fn key_id_is_hex_of_the_first_8_bytes_of_sha256_of_the_key() {
+        let pk = key(1).verifying_key();
+        let id = key_id(&pk);
+        assert_eq!(id.len(), 16);
+        assert_eq!(id, hex::encode(&Sha256::digest(pk.to_bytes())[..8]));
+    }
+
+    #[test]
+    fn keyring_loads_good_entries_and_names_the_bad_one() {
+        let pk = key(1).verifying_key();
+        let ring = Keyring::from_entries([("a".to_owned(), b64(&pk))]).unwrap();
+        assert_eq!(ring.get("a"), Some(&pk));
+        assert_eq!(ring.len(), 1);
+        assert!(ring.get("b").is_none());
+
+        let err = Keyring::from_entries([
+            ("a".to_owned(), b64(&pk)),
+            ("broken".to_owned(), "not base64!".to_owned()),
+        ])
+        .unwrap_err();
+        assert!(matches!(err, KeyError::Base64 { .. }));
+        assert!(err.to_string().contains("\"broken\""), "{err}");
+
+        let err = Keyring::from_entries([("short".to_owned(), STANDARD.encode([1u8; 31]))]).unwrap_err();
+        assert!(matches!(err, KeyError::Length { found: 31, .. }), "{err}");
+        assert!(
+            err.to_string().contains("expected 32 key bytes, found 31"),
+            "{err}"
+        );
+
+        let err =
+            Keyring::from_entries([("a".to_owned(), b64(&pk)), ("a".to_owned(), b64(&pk))]).unwrap_err();
+        assert!(matches!(err, KeyError::Duplicate { .. }), "{err}");
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_point_are_refused() {
+        // y = 2 has no x on the curve; no valid compressed point encodes it.
+        let mut bytes = [0u8; 32];
+        bytes[0] = 2;
+        assert!(VerifyingKey::from_bytes(&bytes).is_err());
+        let err = parse_public_key(&STANDARD.encode(bytes)).unwrap_err();
+        assert!(matches!(err, KeyError::NotAPoint { .. }), "{err}");
+    }
+
+    #[test]
+    fn small_order_keys_are_refused() {
+        // The identity point (y = 1) has order 1: a forgeable key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let err = parse_public_key(&STANDARD.encode(identity)).unwrap_err();
+        assert!(matches!(err, KeyError::WeakKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn public_key_text_round_trips_and_unpadded_base64_is_refused() {
+        let pk = key(3).verifying_key();
+        assert_eq!(parse_public_key(&b64(&pk)).unwrap(), pk);
+        let unpadded = b64(&pk).trim_end_matches('=').to_owned();
+        assert!(matches!(
+            parse_public_key(&unpadded),
+            Err(KeyError::Base64 { .. })
+        ));
+    }
+
+    #[test]
+    fn signing_key_file_round_trips_and_errors_do_not_echo_the_text() {
+        let sk = key(4);
+        let text = signing_key_to_file_text(&sk);
+        assert!(text.ends_with('\n') && text.lines().count() == 1);
+        assert_eq!(signing_key_from_file_text(&text).unwrap(), sk);
+        assert_eq!(signing_key_from_file_text(text.trim()).unwrap(), sk);
+
+        let long = STANDARD.encode([5u8; 64]);
+        let err = signing_key_from_file_text(&long).unwrap_err();
+        assert!(matches!(err, KeyError::Length { found: 64, .. }));
+        assert!(!err.to_string().contains(&long));
+        assert!(signing_key_from_file_text("").is_err());
+    }
+
+    #[test]
+    fn verify_one_distinguishes_ok_bad_and_unknown_key() {
+        let sk = key(6);
+        let mut ring = Keyring::new();
+        ring.insert("k", sk.verifying_key());
+        let msg = observation_message("id", &[0; 32]);
+        let sig = sk.sign(&msg).to_bytes();
+        assert_eq!(verify_one(&ring, "k", &msg, &sig), SigCheck::Ok);
+        assert_eq!(verify_one(&ring, "k", b"other", &sig), SigCheck::Bad);
+        assert_eq!(verify_one(&ring, "nobody", &msg, &sig), SigCheck::UnknownKey);
+        assert_eq!(SigCheck::UnknownKey.as_str(), "unknown_key");
+    }
+
+    #[test]
+    fn batch_verification_locates_each_bad_item() {
+        let keys: Vec<SigningKey> = (10..16).map(key).collect();
+        let pks: Vec<VerifyingKey> = keys.iter().map(SigningKey::verifying_key).collect();
+        let msgs: Vec<Vec<u8>> = (0..6).map(|i| vec![i as u8; 40]).collect();
+        let mut sigs: Vec<[u8; 64]> = keys
+            .iter()
+            .zip(&msgs)
+            .map(|(k, m)| k.sign(m).to_bytes())
+            .collect();
+
+        let items = |sigs: &[[u8; 64]]| -> Vec<bool> {
+            let it: Vec<_> = (0..6).map(|i| (&pks[i], msgs[i].as_slice(), &sigs[i])).collect();
+            verify_batch(&it)
+        };
+        assert_eq!(items(&sigs), vec![true; 6]);
+
+        sigs[1][0] ^= 1; // corrupt R
+        sigs[4][63] = 0xff; // s not reduced: no valid encoding
+        assert_eq!(items(&sigs), vec![true, false, true, true, false, true]);
+    }
+
+    #[test]
+    fn batch_of_zero_or_one_item_works() {
+        assert!(verify_batch(&[]).is_empty());
+        let sk = key(20);
+        let pk = sk.verifying_key();
+        let sig = sk.sign(b"m").to_bytes();
+        assert_eq!(verify_batch(&[(&pk, b"m".as_slice(), &sig)]), vec![true]);
+        assert_eq!(verify_batch(&[(&pk, b"n".as_slice(), &sig)]), vec![false]);
+    }
+}

@@ -1,0 +1,152 @@
+//! The `commit` operator: collects each batch's leaves, and when a batch is sealed builds
+//! its Merkle tree, attaches inclusion proofs to held full-tier verdicts, and signs the
+//! shard's commitments in seq order (a batch whose predecessor is still open waits, holding
+//! its capability, so no epoch completes before its commitment is out). Statistical and
+//! incremental verdicts pass straight through.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use super::wall_ms;
+use crate::dead_letter::DeadLetter;
+use crate::record::{Assessed, BatchEvent};
+use crate::verdict::{Proof, Verdict};
+use crate::verification::commitment::{Chain, Commitment};
+use crate::verification::merkle::{Hash, Tree};
+use crate::verification::Tier;
+
+/// Everything bizra writes, one variant per output topic/file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Output {
+    Verdict(Box<Verdict>),
+    Commitment(Commitment),
+    DeadLetter(DeadLetter),
+}
+
+/// A batch being collected.
+struct Pending {
+    tier: Tier,
+    leaves: Vec<Option<Hash>>,
+    have: u32,
+    /// Full-tier verdicts waiting for their proof.
+    held: Vec<Verdict>,
+    /// Set by the batch's seal.
+    size: Option<u32>,
+    /// The least capability seen for this batch.
+    cap: Capability<u64>,
+}
+
+/// Turns assessed items and seals into verdicts and signed commitments.
+pub fn commit<'s>(
+    events: StreamVec<'s, u64, BatchEvent<Assessed>>,
+    run: [u8; 8],
+    key: Arc<SigningKey>,
+) -> StreamVec<'s, u64, Output> {
+    let shard = events.scope().index() as u32;
+    events.unary::<CapacityContainerBuilder<Vec<Output>>, _, _, _>(
+        Pipeline,
+        "commit",
+        move |initial, _info| {
+            drop(initial);
+            let mut chain = Chain::new(run, shard);
+            let mut pending: HashMap<u64, Pending> = HashMap::new();
+            let mut ready: BTreeMap<u64, (Tree, Capability<u64>)> = BTreeMap::new();
+            let mut done = Vec::new();
+
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    let now = wall_ms();
+                    for event in data.drain(..) {
+                        let seq = match &event {
+                            BatchEvent::Item(a) => a.verdict.batch.seq,
+                            BatchEvent::Seal(s) => s.seq,
+                        };
+                        let p = pending.entry(seq).or_insert_with(|| Pending {
+                            tier: Tier::Statistical,
+                            leaves: Vec::new(),
+                            have: 0,
+                            held: Vec::new(),
+                            size: None,
+                            cap: cap.clone(),
+                        });
+                        if cap.time() < p.cap.time() {
+                            p.cap = cap.clone();
+                        }
+                        match event {
+                            BatchEvent::Item(a) => {
+                                let mut v = a.verdict;
+                                let i = v.batch.leaf_index as usize;
+                                if p.leaves.len() <= i {
+                                    p.leaves.resize(i + 1, None);
+                                }
+                                p.leaves[i] = Some(a.leaf);
+                                p.have += 1;
+                                p.tier = v.verification.tier;
+                                v.latency_ms = (now - a.ingest_ms).max(0) as f64;
+                                if p.tier == Tier::Full {
+                                    p.held.push(v);
+                                } else {
+                                    output.session(&cap).give(Output::Verdict(Box::new(v)));
+                                }
+                            }
+                            BatchEvent::Seal(s) => {
+                                p.size = Some(s.size);
+                                p.tier = s.tier;
+                            }
+                        }
+                        if p.size == Some(p.have) {
+                            done.push(seq);
+                        }
+                    }
+                });
+
+                for seq in done.drain(..) {
+                    let Some(p) = pending.remove(&seq) else {
+                        continue;
+                    };
+                    let leaves: Vec<Hash> = p
+                        .leaves
+                        .into_iter()
+                        .map(|l| l.expect("sealed batch has every leaf"))
+                        .collect();
+                    let tree = Tree::new(leaves);
+                    let root = hex::encode(tree.root());
+                    let mut session = output.session(&p.cap);
+                    for mut v in p.held {
+                        let path = tree.path(v.batch.leaf_index as usize);
+                        v.proof = Some(Proof {
+                            tree_size: tree.len() as u64,
+                            root: root.clone(),
+                            path: path.iter().map(hex::encode).collect(),
+                        });
+                        session.give(Output::Verdict(Box::new(v)));
+                    }
+                    drop(session);
+                    ready.insert(seq, (tree, p.cap));
+                }
+
+                // Chain commitments in seq order.
+                while let Some(entry) = ready.first_entry() {
+                    if *entry.key() != chain.next_seq() {
+                        break;
+                    }
+                    let seq = *entry.key();
+                    let (tree, cap) = entry.remove();
+                    let c = chain.seal_tree(seq, &tree, &key);
+                    output.session(&cap).give(Output::Commitment(c));
+                }
+            }
+        },
+    )
+}

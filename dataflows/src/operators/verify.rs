@@ -1,0 +1,138 @@
+//! The `verify` operator: routes records to their shard by id bucket, waits until an epoch
+//! is complete, and hands it to the shard's [`ShardVerifier`] in input order. Holds one
+//! capability per open batch so that nothing downstream (offset commits included) passes an
+//! epoch before its batch is sealed; seals by time through timer activations, never sleeps.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use timely::dataflow::operators::{ToStream, Capture};
+//! use timely::dataflow::operators::capture::Extract;
+//! use bizra_dataflows::operators::verify::verify;
+//! use bizra_dataflows::verification::{signature::Keyring, VerifyConfig};
+//!
+//! let (send, recv) = std::sync::mpsc::channel();
+//! timely::example(move |scope| {
+//!     let none: Vec<bizra_dataflows::record::Scored> = Vec::new();
+//!     verify(none.to_stream(scope).container::<Vec<_>>(), VerifyConfig::default(), Arc::new(Keyring::new()))
+//!         .capture_into(send);
+//! });
+//! assert!(recv.extract().is_empty());
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use super::Clock;
+use crate::record::{BatchEvent, Checked, Scored};
+use crate::verification::replay::bucket;
+use crate::verification::signature::Keyring;
+use crate::verification::{ShardVerifier, Tier, VerifyConfig};
+
+/// Verifies `scored` records; emits items and seals per shard (= global worker index).
+pub fn verify<'s>(
+    scored: StreamVec<'s, u64, Scored>,
+    cfg: VerifyConfig,
+    keyring: Arc<Keyring>,
+) -> StreamVec<'s, u64, BatchEvent<Checked>> {
+    let scope = scored.scope();
+    let shard = scope.index() as u32;
+    let route = Exchange::new(|s: &Scored| u64::from(bucket(s.decoded.id_hash)));
+    scored.unary_frontier::<Builder, _, _, _>(route, "verify", move |initial, info| {
+        drop(initial);
+        let activator = scope.activator_for(info.address.clone());
+        let clock = Clock::new();
+        let mut verifier = ShardVerifier::new(shard, cfg, keyring);
+        let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Scored>)> = BTreeMap::new();
+        // The capability of each tier's open batch, with the batch's seq.
+        let mut held: [Option<(u64, Capability<u64>)>; 3] = [None, None, None];
+        let mut timer_at: Option<u64> = None;
+        let mut events = Vec::new();
+
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                if let Some(cap) = cap.retain_least(0) {
+                    let t = *cap.time();
+                    stash.entry(t).or_insert_with(|| (cap, Vec::new())).1.append(data);
+                }
+            });
+            let now = clock.now_ms();
+
+            // Epochs the frontier has passed are complete: verify them in time order.
+            while let Some(entry) = stash.first_entry() {
+                if frontier.frontier().less_equal(entry.key()) {
+                    break;
+                }
+                let (cap, items) = entry.remove();
+                verifier.process(items, now, &mut events);
+                emit(&mut events, &mut held, Some(&cap), output);
+                for tier in Tier::ALL {
+                    let open = verifier.open_seq(tier);
+                    let slot = &mut held[tier as usize];
+                    if open.is_some() && slot.as_ref().map(|(s, _)| *s) != open {
+                        *slot = open.map(|seq| (seq, cap.clone()));
+                    }
+                }
+            }
+
+            if frontier.frontier().is_empty() {
+                verifier.seal_all(&mut events);
+            } else {
+                verifier.seal_due(now, &mut events);
+            }
+            emit(&mut events, &mut held, None, output);
+
+            match verifier.next_deadline_ms() {
+                Some(deadline) if timer_at.is_none_or(|t| t <= now || deadline < t) => {
+                    activator.activate_after(Duration::from_millis(deadline.saturating_sub(now)));
+                    timer_at = Some(deadline);
+                }
+                None => timer_at = None,
+                _ => {}
+            }
+        }
+    })
+}
+
+type Held = [Option<(u64, Capability<u64>)>; 3];
+type Builder = CapacityContainerBuilder<Vec<BatchEvent<Checked>>>;
+
+/// Sends verifier events: items of the statistical and incremental tiers at the current
+/// epoch, full-tier items and seals at their batch's held capability (released on seal).
+fn emit(
+    events: &mut Vec<BatchEvent<Checked>>,
+    held: &mut Held,
+    current: Option<&Capability<u64>>,
+    output: &mut OutputBuilderSession<'_, u64, Builder>,
+) {
+    for event in events.drain(..) {
+        let tier = match &event {
+            BatchEvent::Item(c) => c.verification.tier,
+            BatchEvent::Seal(s) => s.tier,
+        };
+        let batch_cap = held[tier as usize]
+            .as_ref()
+            .filter(|(seq, _)| match &event {
+                BatchEvent::Item(c) => c.batch.seq == *seq,
+                BatchEvent::Seal(s) => s.seq == *seq,
+            })
+            .map(|(_, c)| c);
+        let cap = match (&event, tier) {
+            (BatchEvent::Item(_), Tier::Statistical | Tier::Incremental) => current.or(batch_cap),
+            _ => batch_cap.or(current),
+        }
+        .expect("an event has a capability: its epoch's or its open batch's");
+        let cap = cap.clone();
+        let sealed = matches!(event, BatchEvent::Seal(_));
+        output.session(&cap).give(event);
+        if sealed {
+            held[tier as usize] = None;
+        }
+    }
+}

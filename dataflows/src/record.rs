@@ -1,0 +1,70 @@
+//! The records that travel between operators, one type per edge of the dataflow. Owns no
+//! logic beyond small accessors; the stages that fill them live in their own files.
+
+use serde::{Deserialize, Serialize};
+
+use crate::convergence::Convergence;
+use crate::observation::{Observation, Origin};
+use crate::verdict::Verdict;
+use crate::verification::merkle::Hash;
+use crate::verification::{BatchRef, Tier, Verification};
+
+/// A decoded observation with its provenance and its routing hash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decoded {
+    pub obs: Observation,
+    pub origin: Origin,
+    /// 128-bit hash of `id`: routes the record (by bucket) and keys the replay guard.
+    pub id_hash: u128,
+}
+
+/// After convergence scoring.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub decoded: Decoded,
+    pub convergence: Convergence,
+}
+
+/// After verification: the checks and the leaf's place in its batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checked {
+    pub scored: Scored,
+    pub verification: Verification,
+    pub batch: BatchRef,
+}
+
+/// A verification batch closed: all `size` leaves of batch `seq` have been emitted before
+/// this event on the same worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    pub shard: u32,
+    pub tier: Tier,
+    pub seq: u64,
+    pub size: u32,
+}
+
+/// What the verification operator emits, in order, per worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BatchEvent<I> {
+    Item(I),
+    Seal(Seal),
+}
+
+impl<I> BatchEvent<I> {
+    /// Applies `f` to an item and passes seals through unchanged.
+    pub fn map<J>(self, f: impl FnOnce(I) -> J) -> BatchEvent<J> {
+        match self {
+            BatchEvent::Item(i) => BatchEvent::Item(f(i)),
+            BatchEvent::Seal(s) => BatchEvent::Seal(s),
+        }
+    }
+}
+
+/// A verdict whose leaf hash is known; `proof` is attached when its batch seals.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assessed {
+    pub verdict: Verdict,
+    pub leaf: Hash,
+    /// Wall-clock ms the record entered bizra, for `latency_ms`.
+    pub ingest_ms: i64,
+}

@@ -1,0 +1,207 @@
+//! The configuration tree (one serde tree, `deny_unknown_fields`), its embedded defaults
+//! (`config/default.toml`) and the loading of the files it names (policy, keyring, node
+//! key). Every problem is a [`ConfigError`] naming the file, the key and what was wrong.
+
+use std::path::{Path, PathBuf};
+
+use bizra_dataflows::policy::Policy;
+use bizra_dataflows::verification::signature::{self, Keyring};
+use bizra_dataflows::verification::VerifyConfig;
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+/// The embedded defaults, documented in place.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub limits: LimitsConfig,
+    pub verification: VerifyConfig,
+    pub keys: KeysConfig,
+    pub policy: PolicyConfig,
+    pub pipeline: PipelineSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest payload after base64 decoding.
+    pub max_payload_bytes: usize,
+    /// Largest input record; the reader cuts longer lines and dead-letters them.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Keyring of observation signers ("" = empty keyring).
+    pub keyring_path: String,
+    /// Commitment signing key ("" = ephemeral).
+    pub signing_key_path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Policy TOML ("" = embedded reference policy).
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// Records per epoch: small enough for latency, large enough to amortise progress.
+    pub epoch_records: usize,
+    /// Epochs the source may run ahead of the written output.
+    pub max_inflight_epochs: u64,
+}
+
+/// A start-up error: the process exits with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Merges `over` into `base` key by key (tables recursively).
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(bv) if bv.is_table() && v.is_table() => merge(bv, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn default_config() -> Config {
+        toml::from_str(DEFAULT_TOML).expect("embedded default config is valid")
+    }
+
+    /// Defaults overridden by the keys of `path`, if given.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(DEFAULT_TOML).expect("embedded default config is valid");
+        if let Some(path) = path {
+            let text = read(path)?;
+            let over: toml::Value = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
+            merge(&mut value, over);
+            let cfg: Config = value
+                .try_into()
+                .map_err(|e: toml::de::Error| invalid(path, e.to_string()))?;
+            cfg.validate().map_err(|m| invalid(path, m))?;
+            return Ok(cfg);
+        }
+        Ok(value.try_into().expect("embedded default config is valid"))
+    }
+
+    /// Range checks serde cannot express.
+    fn validate(&self) -> Result<(), String> {
+        let v = &self.verification;
+        if v.batch_size == 0 {
+            return Err("verification.batch_size: expected at least 1, found 0".into());
+        }
+        if !(0.0 < v.statistical_confidence && v.statistical_confidence < 1.0) {
+            return Err(format!(
+                "verification.statistical_confidence: expected a number in (0, 1), found {}",
+                v.statistical_confidence
+            ));
+        }
+        if !(0.0 < v.statistical_max_defect_rate && v.statistical_max_defect_rate < 1.0) {
+            return Err(format!(
+                "verification.statistical_max_defect_rate: expected a number in (0, 1), found {}",
+                v.statistical_max_defect_rate
+            ));
+        }
+        if self.pipeline.epoch_records == 0 || self.pipeline.max_inflight_epochs == 0 {
+            return Err(
+                "pipeline.epoch_records and pipeline.max_inflight_epochs: expected at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Loads the policy file, or the embedded reference policy.
+pub fn load_policy(path: Option<&Path>) -> Result<Policy, ConfigError> {
+    match path {
+        None => Ok(Policy::reference()),
+        Some(p) => Policy::from_toml(&read(p)?).map_err(|e| invalid(p, e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    keys: std::collections::BTreeMap<String, String>,
+}
+
+/// Loads a keyring file: `[keys]` then `<key_id> = "<base64 public key>"` lines.
+pub fn load_keyring(path: &Path) -> Result<Keyring, ConfigError> {
+    let text = read(path)?;
+    let file: KeyringFile = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
+    Keyring::from_entries(file.keys).map_err(|e| invalid(path, e.to_string()))
+}
+
+/// Loads a node signing key written by `bizra keygen`.
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, ConfigError> {
+    signature::signing_key_from_file_text(&read(path)?).map_err(|e| invalid(path, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse_and_match_the_verifier_defaults() {
+        let c = Config::default_config();
+        assert_eq!(c.verification, VerifyConfig::default());
+        assert_eq!(c.limits.max_payload_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_file_overrides_only_the_keys_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[verification]\nbatch_size = 8\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.verification.batch_size, 8);
+        assert_eq!(c.verification.max_wait_ms, 100);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[verification]\nbatch_sise = 8\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("batch_sise"), "{e}");
+        std::fs::write(&p, "[verification]\nbatch_size = 0\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("batch_size"), "{e}");
+    }
+}

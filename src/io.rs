@@ -1,0 +1,213 @@
+//! File and stdin adapters for the embedded mode: a reader thread that turns JSONL into
+//! chunks of raw records, and writer threads that put output lines into files or stdout.
+//! Both run off the timely workers and talk to them through bounded channels, so a slow
+//! disk or a blocked stdin never blocks a worker.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use bizra_dataflows::observation::InputRef;
+use bizra_dataflows::operators::wall_ms;
+use bizra_dataflows::pipeline::RawRecord;
+
+/// Where lines come from: a file, or stdin for `-`.
+#[derive(Clone, Debug)]
+pub enum InputSpec {
+    Stdin,
+    File(PathBuf),
+}
+
+impl InputSpec {
+    pub fn parse(s: &str) -> InputSpec {
+        if s == "-" {
+            InputSpec::Stdin
+        } else {
+            InputSpec::File(PathBuf::from(s))
+        }
+    }
+
+    /// The `input.topic` of records read from here.
+    pub fn topic(&self) -> String {
+        match self {
+            InputSpec::Stdin => "stdin".into(),
+            InputSpec::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// How many chunks may wait between the reader and worker 0.
+const READ_QUEUE: usize = 4;
+/// Bytes kept of a line that exceeds the message limit (what the dead letter can carry).
+const OVERSIZE_KEEP: usize = bizra_dataflows::dead_letter::RAW_KEEP_BYTES;
+
+/// Starts the reader thread. Each chunk holds up to `chunk_records` records; a partial chunk
+/// is sent whenever the reader would otherwise wait for more input. Blank lines are skipped
+/// (they are separators, not records) but keep their line number as offset.
+pub fn spawn_reader(
+    spec: InputSpec,
+    max_message_bytes: usize,
+    chunk_records: usize,
+) -> io::Result<(Receiver<io::Result<Vec<RawRecord>>>, JoinHandle<()>)> {
+    let source: Box<dyn Read + Send> = match &spec {
+        InputSpec::Stdin => Box::new(io::stdin()),
+        InputSpec::File(p) => {
+            Box::new(File::open(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?)
+        }
+    };
+    let topic = spec.topic();
+    let (tx, rx) = sync_channel(READ_QUEUE);
+    let handle = std::thread::Builder::new()
+        .name("bizra-reader".into())
+        .spawn(move || {
+            let mut reader = BufReader::with_capacity(1 << 20, source);
+            let mut chunk = Vec::with_capacity(chunk_records);
+            let mut line_no: i64 = 0;
+            loop {
+                match read_line_limited(&mut reader, max_message_bytes) {
+                    Ok(None) => break,
+                    Ok(Some((bytes, total))) => {
+                        let position = line_no;
+                        line_no += 1;
+                        if bytes.iter().all(u8::is_ascii_whitespace) && total == bytes.len() {
+                            continue;
+                        }
+                        chunk.push(RawRecord {
+                            bytes,
+                            input: Some(InputRef {
+                                topic: topic.clone(),
+                                partition: 0,
+                                offset: position,
+                            }),
+                            position: position as u64,
+                            ingest_ms: wall_ms(),
+                            message_ms: None,
+                            oversize: (total > max_message_bytes).then_some(total),
+                        });
+                        if chunk.len() >= chunk_records || reader.buffer().is_empty() {
+                            if tx.send(Ok(std::mem::take(&mut chunk))).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = tx.send(Ok(chunk));
+            }
+        })?;
+    Ok((rx, handle))
+}
+
+/// Reads one line without its newline (and a trailing `\r`). A line longer than `max` is
+/// consumed to its end but only its first bytes are kept; the second value is its length.
+fn read_line_limited(r: &mut impl BufRead, max: usize) -> io::Result<Option<(Vec<u8>, usize)>> {
+    let mut line = Vec::new();
+    let mut total = 0usize;
+    let mut any = false;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        any = true;
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        let keep_limit = if total + take > max {
+            OVERSIZE_KEEP.min(max)
+        } else {
+            max
+        };
+        let room = keep_limit.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..take.min(room)]);
+        total += take;
+        r.consume(take + usize::from(done));
+        if done {
+            break;
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\r') && total <= max {
+        line.pop();
+        total -= 1;
+    }
+    if total > max {
+        line.truncate(OVERSIZE_KEEP);
+    }
+    Ok(Some((line, total)))
+}
+
+/// Where one output goes.
+#[derive(Clone, Debug)]
+pub enum OutputSpec {
+    Stdout,
+    File(PathBuf),
+    /// Counted, not written.
+    Discard,
+}
+
+/// Chunks queued per writer before workers see backpressure.
+const WRITE_QUEUE: usize = 16;
+
+/// Starts a writer thread; returns its sender (`None` for discard) and handle.
+pub fn spawn_writer(
+    spec: OutputSpec,
+) -> io::Result<(Option<SyncSender<Vec<u8>>>, Option<JoinHandle<io::Result<()>>>)> {
+    let sink: Box<dyn Write + Send> = match &spec {
+        OutputSpec::Discard => return Ok((None, None)),
+        OutputSpec::Stdout => Box::new(io::stdout()),
+        OutputSpec::File(p) => {
+            Box::new(File::create(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?)
+        }
+    };
+    let (tx, rx) = sync_channel::<Vec<u8>>(WRITE_QUEUE);
+    let handle = std::thread::Builder::new()
+        .name("bizra-writer".into())
+        .spawn(move || {
+            let mut w = BufWriter::with_capacity(1 << 20, sink);
+            for chunk in rx {
+                w.write_all(&chunk)?;
+            }
+            w.flush()
+        })?;
+    Ok((Some(tx), Some(handle)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &str, max: usize) -> Vec<(Vec<u8>, usize)> {
+        let mut r = BufReader::with_capacity(4, input.as_bytes());
+        std::iter::from_fn(|| read_line_limited(&mut r, max).unwrap()).collect()
+    }
+
+    #[test]
+    fn lines_are_split_and_crlf_trimmed() {
+        let got = lines("ab\r\ncd\n\nef", 100);
+        let texts: Vec<_> = got
+            .iter()
+            .map(|(b, _)| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert_eq!(texts, ["ab", "cd", "", "ef"]);
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_report_their_length() {
+        let long = "x".repeat(50);
+        let got = lines(&format!("{long}\nok\n"), 10);
+        assert_eq!(got[0].1, 50);
+        assert!(got[0].0.len() <= 50);
+        assert_eq!(got[1], (b"ok".to_vec(), 2));
+    }
+}

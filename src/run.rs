@@ -1,0 +1,506 @@
+//! `bizra run` in embedded mode: builds the decision dataflow on every timely worker, feeds
+//! it from the generator or a reader thread, and hands output lines to writer threads. The
+//! worker loop only moves data and steps the dataflow: it never blocks (bounded channels
+//! are used with `try_send`/`try_recv`, and a full output queue or too many epochs in
+//! flight simply stops feeding input until the dataflow catches up).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bizra_dataflows::dead_letter::ErrorKind;
+use bizra_dataflows::ethics::Severity;
+use bizra_dataflows::operators::commit::Output;
+use bizra_dataflows::operators::wall_ms;
+use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
+use bizra_dataflows::verdict::Decision;
+use bizra_dataflows::verification::Tier;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Exchange;
+use timely::dataflow::operators::{Input, Probe};
+use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
+
+use crate::gen::Generator;
+use crate::io::{spawn_reader, spawn_writer, InputSpec, OutputSpec};
+
+/// Where records come from.
+pub enum Source {
+    Gen { count: u64, generator: Arc<Generator> },
+    Lines(InputSpec),
+}
+
+/// Timely's process layout.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub workers: usize,
+    pub processes: usize,
+    pub process: usize,
+    pub hostfile: Option<PathBuf>,
+}
+
+impl Cluster {
+    fn timely_config(&self) -> anyhow::Result<timely::Config> {
+        let communication = if self.processes > 1 {
+            let path = self
+                .hostfile
+                .as_ref()
+                .context("-n > 1 needs --hostfile with one host:port per process")?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read hostfile", path.display()))?;
+            let addresses: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if addresses.len() < self.processes {
+                bail!(
+                    "{}: expected {} addresses, found {}",
+                    path.display(),
+                    self.processes,
+                    addresses.len()
+                );
+            }
+            if self.process >= self.processes {
+                bail!("-p {} is out of range for -n {}", self.process, self.processes);
+            }
+            timely::CommunicationConfig::Cluster {
+                threads: self.workers,
+                process: self.process,
+                addresses: addresses[..self.processes].to_vec(),
+                report: false,
+                zerocopy: false,
+            }
+        } else if self.workers > 1 {
+            timely::CommunicationConfig::Process(self.workers)
+        } else {
+            timely::CommunicationConfig::Thread
+        };
+        Ok(timely::Config {
+            communication,
+            worker: Default::default(),
+        })
+    }
+}
+
+/// The three outputs of embedded mode.
+pub struct Outputs {
+    pub verdicts: OutputSpec,
+    pub commitments: OutputSpec,
+    pub dead_letters: OutputSpec,
+}
+
+/// Counts for the closing summary.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub verdicts: u64,
+    pub decisions: [u64; 3],
+    pub severities: [u64; 5],
+    pub tiers: [u64; 3],
+    pub invalid: u64,
+    pub dead_letters: [u64; 6],
+    pub commitments: u64,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    fn add(&mut self, o: &Summary) {
+        self.verdicts += o.verdicts;
+        self.invalid += o.invalid;
+        self.commitments += o.commitments;
+        for (a, b) in self.decisions.iter_mut().zip(o.decisions) {
+            *a += b;
+        }
+        for (a, b) in self.severities.iter_mut().zip(o.severities) {
+            *a += b;
+        }
+        for (a, b) in self.tiers.iter_mut().zip(o.tiers) {
+            *a += b;
+        }
+        for (a, b) in self.dead_letters.iter_mut().zip(o.dead_letters) {
+            *a += b;
+        }
+    }
+
+    fn count(&mut self, o: &Output) {
+        match o {
+            Output::Verdict(v) => {
+                self.verdicts += 1;
+                self.decisions[v.decision as usize] += 1;
+                self.severities[v.ethics.severity as usize] += 1;
+                self.tiers[v.verification.tier as usize] += 1;
+                self.invalid += u64::from(!v.verification.valid);
+            }
+            Output::Commitment(_) => self.commitments += 1,
+            Output::DeadLetter(d) => self.dead_letters[d.error as usize] += 1,
+        }
+    }
+
+    /// Observations that came out (one verdict or dead letter each).
+    pub fn observations(&self) -> u64 {
+        self.verdicts + self.dead_letters.iter().sum::<u64>()
+    }
+
+    /// Human-readable closing summary.
+    pub fn render(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let n = self.observations();
+        let mut s = format!(
+            "processed {n} observations in {:.2} s ({:.0}/s): {} verdicts, {} dead letters, {} commitments\n",
+            secs,
+            n as f64 / secs,
+            self.verdicts,
+            self.dead_letters.iter().sum::<u64>(),
+            self.commitments
+        );
+        let join = |pairs: Vec<(&str, u64)>| {
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        s += &format!(
+            "  decisions:    {}\n",
+            join(
+                Decision::ALL
+                    .iter()
+                    .map(|d| (d.as_str(), self.decisions[*d as usize]))
+                    .collect()
+            )
+        );
+        s += &format!(
+            "  severities:   {}\n",
+            join(
+                Severity::ALL
+                    .iter()
+                    .map(|d| (d.as_str(), self.severities[*d as usize]))
+                    .collect()
+            )
+        );
+        s += &format!(
+            "  tiers:        {} invalid={}\n",
+            join(
+                Tier::ALL
+                    .iter()
+                    .map(|d| (d.as_str(), self.tiers[*d as usize]))
+                    .collect()
+            ),
+            self.invalid
+        );
+        s += &format!(
+            "  dead letters: {}\n",
+            join(
+                ErrorKind::ALL
+                    .iter()
+                    .map(|d| (d.as_str(), self.dead_letters[*d as usize]))
+                    .collect()
+            )
+        );
+        s
+    }
+}
+
+/// Kind of an encoded output line (index into the writers).
+const VERDICT: u8 = 0;
+const COMMITMENT: u8 = 1;
+const DEAD_LETTER: u8 = 2;
+
+/// Lines waiting for the writer threads, per worker.
+struct Outbox {
+    senders: [Option<SyncSender<Vec<u8>>>; 3],
+    bufs: [Vec<u8>; 3],
+    queued: VecDeque<(u8, Vec<u8>)>,
+}
+
+const FLUSH_BYTES: usize = 256 * 1024;
+
+impl Outbox {
+    fn push(&mut self, kind: u8, line: &[u8]) {
+        if self.senders[kind as usize].is_none() {
+            return;
+        }
+        let buf = &mut self.bufs[kind as usize];
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        if buf.len() >= FLUSH_BYTES {
+            let full = std::mem::take(buf);
+            self.queued.push_back((kind, full));
+        }
+    }
+
+    /// Hands buffered lines to the writers; returns false if a writer is gone.
+    fn flush(&mut self, all: bool) -> bool {
+        if all {
+            for kind in 0..3u8 {
+                let buf = std::mem::take(&mut self.bufs[kind as usize]);
+                if !buf.is_empty() {
+                    self.queued.push_back((kind, buf));
+                }
+            }
+        }
+        while let Some((kind, chunk)) = self.queued.pop_front() {
+            let Some(tx) = &self.senders[kind as usize] else {
+                continue;
+            };
+            match tx.try_send(chunk) {
+                Ok(()) => {}
+                Err(TrySendError::Full(chunk)) => {
+                    self.queued.push_front((kind, chunk));
+                    return true;
+                }
+                Err(TrySendError::Disconnected(_)) => return false,
+            }
+        }
+        true
+    }
+
+    fn is_idle(&self) -> bool {
+        self.queued.is_empty()
+    }
+}
+
+/// Runs the pipeline to the end of its input. `progress` counts observations out.
+pub fn run(
+    cluster: Cluster,
+    cfg: PipelineConfig,
+    epoch_records: usize,
+    max_inflight: u64,
+    source: Source,
+    outputs: Outputs,
+    progress: Arc<AtomicU64>,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let timely_cfg = cluster.timely_config()?;
+    let is_first_process = cluster.process == 0;
+    let multi = cluster.processes > 1;
+
+    // Outputs live in process 0; other processes route their lines there.
+    let mut handles = Vec::new();
+    let mut senders: [Option<SyncSender<Vec<u8>>>; 3] = [None, None, None];
+    if is_first_process {
+        for (i, spec) in [outputs.verdicts, outputs.commitments, outputs.dead_letters]
+            .into_iter()
+            .enumerate()
+        {
+            let (tx, h) = spawn_writer(spec)?;
+            senders[i] = tx;
+            handles.extend(h);
+        }
+    }
+    let (reader_rx, reader_handle) = match &source {
+        Source::Lines(spec) if is_first_process => {
+            let (rx, h) = spawn_reader(spec.clone(), cfg.max_message_bytes, epoch_records)?;
+            (Some(rx), Some(h))
+        }
+        _ => (None, None),
+    };
+    let reader_rx = Arc::new(Mutex::new(reader_rx));
+    let (count, generator) = match &source {
+        Source::Gen { count, generator } => (Some(*count), Some(generator.clone())),
+        Source::Lines(_) => (None, None),
+    };
+    let summaries = Arc::new(Mutex::new(Vec::<Summary>::new()));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let senders = Arc::new(Mutex::new(senders));
+
+    let worker_summaries = summaries.clone();
+    let worker_errors = errors.clone();
+    let worker_progress = progress.clone();
+    let guards = timely::execute(timely_cfg, move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let threads = cluster.workers;
+        let mut input =
+            InputHandle::<u64, timely::container::CapacityContainerBuilder<Vec<RawRecord>>>::new();
+        let probe = ProbeHandle::new();
+        let summary = Rc::new(RefCell::new(Summary::default()));
+        let outbox = Rc::new(RefCell::new(Outbox {
+            senders: senders.lock().expect("senders lock").clone(),
+            bufs: Default::default(),
+            queued: VecDeque::new(),
+        }));
+        let is_reader = generator.is_none() && index == 0;
+
+        worker.dataflow::<u64, _, _>(|scope| {
+            let raw: StreamVec<u64, RawRecord> = scope.input_from(&mut input).container::<Vec<_>>();
+            // Lines are read by worker 0: spread them so that every worker decodes.
+            let raw = if generator.is_none() && peers > 1 {
+                raw.exchange(|r: &RawRecord| r.position)
+            } else {
+                raw
+            };
+            let out = pipeline::build(raw, &cfg);
+            let counts = summary.clone();
+            let encoded = out.map(move |o| {
+                counts.borrow_mut().count(&o);
+                encode(&o)
+            });
+            // With several processes every line goes to a worker of process 0.
+            let encoded = if multi {
+                encoded.exchange(move |e: &(u8, Vec<u8>)| (e.1.len() % threads.max(1)) as u64)
+            } else {
+                encoded
+            };
+            let sink_box = outbox.clone();
+            encoded
+                .unary::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                    Pipeline,
+                    "sink",
+                    move |cap, _info| {
+                        drop(cap);
+                        move |input, _output| {
+                            input.for_each(|_cap, data: &mut Vec<(u8, Vec<u8>)>| {
+                                let mut ob = sink_box.borrow_mut();
+                                for (kind, line) in data.drain(..) {
+                                    ob.push(kind, &line);
+                                }
+                            });
+                        }
+                    },
+                )
+                .probe_with(&probe);
+        });
+
+        let mut input = Some(input);
+        if !is_reader && generator.is_none() {
+            input.take(); // only worker 0 reads lines
+        }
+        let mut epoch: u64 = 0;
+        let mut next_rank: u64 = 0; // generator: records this worker has made / peers
+        let mut reported = 0u64;
+        let rx_guard = if is_reader {
+            reader_rx.lock().expect("reader lock").take()
+        } else {
+            None
+        };
+        let rx: Option<Receiver<std::io::Result<Vec<RawRecord>>>> = rx_guard;
+        loop {
+            let mut fed = false;
+            let room = !probe.less_than(&epoch.saturating_sub(max_inflight)) && outbox.borrow().is_idle();
+            if let (Some(handle), true) = (input.as_mut(), room) {
+                if let (Some(g), Some(n)) = (&generator, count) {
+                    // Epoch k holds positions [k·E·P, (k+1)·E·P); this worker takes i ≡ index (mod P).
+                    let now = wall_ms();
+                    for _ in 0..epoch_records {
+                        let i = next_rank * peers as u64 + index as u64;
+                        if i >= n {
+                            break;
+                        }
+                        next_rank += 1;
+                        handle.send(RawRecord {
+                            bytes: g.record(i),
+                            input: Some(bizra_dataflows::observation::InputRef {
+                                topic: "gen".into(),
+                                partition: 0,
+                                offset: i as i64,
+                            }),
+                            position: i,
+                            ingest_ms: now,
+                            message_ms: None,
+                            oversize: None,
+                        });
+                    }
+                    epoch += 1;
+                    handle.advance_to(epoch);
+                    fed = true;
+                    if next_rank * peers as u64 + index as u64 >= n {
+                        input.take();
+                    }
+                } else if let Some(rx) = &rx {
+                    match rx.try_recv() {
+                        Ok(Ok(chunk)) => {
+                            for r in chunk {
+                                handle.send(r);
+                            }
+                            epoch += 1;
+                            handle.advance_to(epoch);
+                            fed = true;
+                        }
+                        Ok(Err(e)) => {
+                            worker_errors
+                                .lock()
+                                .expect("errors lock")
+                                .push(format!("reading input: {e}"));
+                            input.take();
+                        }
+                        Err(TryRecvError::Empty) => {}
+                        Err(TryRecvError::Disconnected) => {
+                            input.take();
+                        }
+                    }
+                }
+            }
+            worker.step_or_park(if fed {
+                Some(Duration::ZERO)
+            } else {
+                Some(Duration::from_millis(1))
+            });
+            let finished = input.is_none() && probe.done();
+            if !outbox.borrow_mut().flush(finished) {
+                worker_errors
+                    .lock()
+                    .expect("errors lock")
+                    .push("an output writer stopped".into());
+                break;
+            }
+            let out_now = summary.borrow().observations();
+            worker_progress.fetch_add(out_now - reported, Ordering::Relaxed);
+            reported = out_now;
+            if finished {
+                // Wait for the last chunks to be accepted by the writers.
+                while !outbox.borrow().is_idle() {
+                    std::thread::sleep(Duration::from_millis(1));
+                    if !outbox.borrow_mut().flush(true) {
+                        break;
+                    }
+                }
+                break;
+            }
+        }
+        worker_summaries
+            .lock()
+            .expect("summaries lock")
+            .push(summary.borrow().clone());
+        // Drop the shared originals so the writers see the end once every outbox is gone.
+        *senders.lock().expect("senders lock") = Default::default();
+    })
+    .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
+
+    drop(guards.join());
+    if let Some(h) = reader_handle {
+        drop(h); // the reader ends on its own at end of input (or when stdin closes)
+    }
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("writer thread panicked"))?
+            .context("writing output")?;
+    }
+    let errors = errors.lock().expect("errors lock");
+    if let Some(e) = errors.first() {
+        bail!("{e}");
+    }
+    let mut total = Summary::default();
+    for s in summaries.lock().expect("summaries lock").iter() {
+        total.add(s);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+fn encode(o: &Output) -> (u8, Vec<u8>) {
+    let (kind, bytes) = match o {
+        Output::Verdict(v) => (VERDICT, serde_json::to_vec(v)),
+        Output::Commitment(c) => (COMMITMENT, serde_json::to_vec(c)),
+        Output::DeadLetter(d) => (DEAD_LETTER, serde_json::to_vec(d)),
+    };
+    (kind, bytes.expect("output records serialize"))
+}

@@ -38,6 +38,11 @@ impl InputSpec {
     }
 }
 
+/// Chunks of raw records from the reader thread (or the read error that ended it).
+pub type ChunkReceiver = Receiver<io::Result<Vec<RawRecord>>>;
+/// A writer's input (`None` = discard) and its thread, which reports the final I/O result.
+pub type Writer = (Option<SyncSender<Vec<u8>>>, Option<JoinHandle<io::Result<()>>>);
+
 /// How many chunks may wait between the reader and worker 0.
 const READ_QUEUE: usize = 4;
 /// Bytes kept of a line that exceeds the message limit (what the dead letter can carry).
@@ -50,7 +55,7 @@ pub fn spawn_reader(
     spec: InputSpec,
     max_message_bytes: usize,
     chunk_records: usize,
-) -> io::Result<(Receiver<io::Result<Vec<RawRecord>>>, JoinHandle<()>)> {
+) -> io::Result<(ChunkReceiver, JoinHandle<()>)> {
     let source: Box<dyn Read + Send> = match &spec {
         InputSpec::Stdin => Box::new(io::stdin()),
         InputSpec::File(p) => {
@@ -86,10 +91,9 @@ pub fn spawn_reader(
                             message_ms: None,
                             oversize: (total > max_message_bytes).then_some(total),
                         });
-                        if chunk.len() >= chunk_records || reader.buffer().is_empty() {
-                            if tx.send(Ok(std::mem::take(&mut chunk))).is_err() {
-                                return;
-                            }
+                        let flush = chunk.len() >= chunk_records || reader.buffer().is_empty();
+                        if flush && tx.send(Ok(std::mem::take(&mut chunk))).is_err() {
+                            return;
                         }
                     }
                     Err(e) => {
@@ -162,7 +166,7 @@ const WRITE_QUEUE: usize = 16;
 /// Starts a writer thread; returns its sender (`None` for discard) and handle.
 pub fn spawn_writer(
     spec: OutputSpec,
-) -> io::Result<(Option<SyncSender<Vec<u8>>>, Option<JoinHandle<io::Result<()>>>)> {
+) -> io::Result<Writer> {
     let sink: Box<dyn Write + Send> = match &spec {
         OutputSpec::Discard => return Ok((None, None)),
         OutputSpec::Stdout => Box::new(io::stdout()),

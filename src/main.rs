@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the decision pipeline (embedded mode: JSONL file, stdin or the generator).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write generated observations as JSONL to stdout.
     Gen(GenArgs),
     /// Make a node signing key; prints its public key (standard base64, raw 32 bytes).
@@ -132,7 +132,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(a) => cmd_run(a),
+        Command::Run(a) => cmd_run(*a),
         Command::Gen(a) => cmd_gen(a),
         Command::Keygen { out } => cmd_keygen(&out),
         Command::Verify {

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
 
 use crate::gen::Generator;
-use crate::io::{spawn_reader, spawn_writer, InputSpec, OutputSpec};
+use crate::io::{spawn_reader, spawn_writer, ChunkReceiver, InputSpec, OutputSpec};
 
 /// Where records come from.
 pub enum Source {
@@ -382,7 +382,7 @@ pub fn run(
         } else {
             None
         };
-        let rx: Option<Receiver<std::io::Result<Vec<RawRecord>>>> = rx_guard;
+        let rx: Option<ChunkReceiver> = rx_guard;
         loop {
             let mut fed = false;
             let room = !probe.less_than(&epoch.saturating_sub(max_inflight)) && outbox.borrow().is_idle();

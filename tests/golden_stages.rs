@@ -35,8 +35,7 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn fail(&mut self, field: &str, what: String) {
-        self.failures
-            .push(format!("line {}: {field}: {what}", self.line));
+        self.failures.push(format!("line {}: {field}: {what}", self.line));
     }
 
     fn num(&mut self, field: &str, actual: f64, expected: &Value) {
@@ -123,11 +122,7 @@ fn every_golden_stage_vector_matches_to_1e9() {
         let signals = ev["signals"].as_array().map_or(&[][..], Vec::as_slice);
         check.same("value.signals.len", v.signals.len(), signals.len());
         for (k, (s, es)) in v.signals.iter().zip(signals).enumerate() {
-            check.spelling(
-                &format!("value.signals[{k}].oracle"),
-                s.oracle,
-                &es["oracle"],
-            );
+            check.spelling(&format!("value.signals[{k}].oracle"), s.oracle, &es["oracle"]);
             check.num(&format!("value.signals[{k}].value"), s.value, &es["value"]);
             check.num(
                 &format!("value.signals[{k}].confidence"),
@@ -141,33 +136,21 @@ fn every_golden_stage_vector_matches_to_1e9() {
         check.num("ethics.overall", eth.overall, &ee["overall"]);
         check.num("ethics.consensus", eth.consensus, &ee["consensus"]);
         check.spelling("ethics.severity", eth.severity, &ee["severity"]);
-        check.same(
-            "ethics.permitted",
-            Some(eth.permitted),
-            ee["permitted"].as_bool(),
-        );
+        check.same("ethics.permitted", Some(eth.permitted), ee["permitted"].as_bool());
         check.same(
             "ethics.n_conditions",
             Some(eth.conditions.len() as u64),
             ee["n_conditions"].as_u64(),
         );
         let frameworks = ee["frameworks"].as_array().map_or(&[][..], Vec::as_slice);
-        check.same(
-            "ethics.frameworks.len",
-            eth.frameworks.len(),
-            frameworks.len(),
-        );
+        check.same("ethics.frameworks.len", eth.frameworks.len(), frameworks.len());
         for (k, (f, ef)) in eth.frameworks.iter().zip(frameworks).enumerate() {
             check.spelling(
                 &format!("ethics.frameworks[{k}].framework"),
                 f.framework,
                 &ef["framework"],
             );
-            check.num(
-                &format!("ethics.frameworks[{k}].score"),
-                f.score,
-                &ef["score"],
-            );
+            check.num(&format!("ethics.frameworks[{k}].score"), f.score, &ef["score"]);
             check.num(
                 &format!("ethics.frameworks[{k}].confidence"),
                 f.confidence,

@@ -2,3 +2,4 @@
 
 mod golden_stages;
 mod merkle_vectors;
+mod cli;

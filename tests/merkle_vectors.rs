@@ -5,14 +5,11 @@
 use anyhow::{ensure, Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use bizra_dataflows::verification::commitment::{
-    self, verify_commitments, Chain, Commitment, ProblemKind,
-};
+use bizra_dataflows::verification::commitment::{self, verify_commitments, Chain, Commitment, ProblemKind};
 use bizra_dataflows::verification::leaf::LeafFields;
 use bizra_dataflows::verification::merkle::{self, Hash, Tree};
 use bizra_dataflows::verification::signature::{
-    self, key_id, observation_message, parse_public_key, verify_batch, verify_one, Keyring,
-    SigCheck,
+    self, key_id, observation_message, parse_public_key, verify_batch, verify_one, Keyring, SigCheck,
 };
 use bizra_dataflows::verification::Tier;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
@@ -169,18 +166,11 @@ fn merkle_roots_match_for_every_tree_size() -> Result<()> {
     ensure!(hex::encode(merkle::root(&[])) == g.empty_tree_root);
     ensure!(hex::encode(merkle::empty_root()) == g.empty_tree_root);
     let sizes: Vec<usize> = g.roots.iter().map(|r| r.n).collect();
-    ensure!(
-        sizes == (1..=20).collect::<Vec<_>>(),
-        "root sizes {sizes:?}"
-    );
+    ensure!(sizes == (1..=20).collect::<Vec<_>>(), "root sizes {sizes:?}");
     for r in &g.roots {
         let want = hash(&r.root)?;
         ensure!(merkle::root(&d[..r.n]) == want, "root n={}", r.n);
-        ensure!(
-            Tree::new(d[..r.n].to_vec()).root() == want,
-            "tree root n={}",
-            r.n
-        );
+        ensure!(Tree::new(d[..r.n].to_vec()).root() == want, "tree root n={}", r.n);
     }
     Ok(())
 }
@@ -197,10 +187,7 @@ fn merkle_audit_paths_match_verify_and_reject_tampering() -> Result<()> {
         ensure!(leaf == d[i], "{ctx}: leaf hash");
         ensure!(root == merkle::root(&d[..n]), "{ctx}: root");
 
-        ensure!(
-            Tree::new(d[..n].to_vec()).path(i) == want,
-            "{ctx}: Tree::path"
-        );
+        ensure!(Tree::new(d[..n].to_vec()).path(i) == want, "{ctx}: Tree::path");
         ensure!(merkle::audit_path(&d[..n], i) == want, "{ctx}: audit_path");
         let (iu, nu) = (i as u64, n as u64);
         ensure!(
@@ -231,10 +218,7 @@ fn merkle_audit_paths_match_verify_and_reject_tampering() -> Result<()> {
     }
     // Every index of every listed size is present.
     let want: Vec<(usize, usize)> = [1, 2, 3, 5, 7, 8, 13, 20].iter().map(|&n| (n, n)).collect();
-    ensure!(
-        covered.into_iter().collect::<Vec<_>>() == want,
-        "path coverage"
-    );
+    ensure!(covered.into_iter().collect::<Vec<_>>() == want, "path coverage");
     Ok(())
 }
 
@@ -281,11 +265,7 @@ fn merkle_leaf_encodings_match_the_spec_layout() -> Result<()> {
             e.id,
             e.leaf_input_hex
         );
-        ensure!(
-            hex::encode(fields.hash()) == e.leaf_hash,
-            "{}: leaf hash",
-            e.id
-        );
+        ensure!(hex::encode(fields.hash()) == e.leaf_hash, "{}: leaf hash", e.id);
         ensure!(
             fields.hash() == merkle::leaf_hash(&fields.encode()),
             "{}: streamed hash",
@@ -386,10 +366,7 @@ fn merkle_commitment_chain_matches_and_reseals_identically() -> Result<()> {
             .with_context(|| format!("seq {i}: signature"))?;
 
         let resealed = chain.seal(c.seq, &leaves, &sk);
-        ensure!(
-            resealed == *c,
-            "seq {i}: reseal differs\n{resealed:?}\n{c:?}"
-        );
+        ensure!(resealed == *c, "seq {i}: reseal differs\n{resealed:?}\n{c:?}");
         prev = chain.prev();
     }
     Ok(())

@@ -272,10 +272,7 @@ mod tests {
 
     #[test]
     fn constant_features_map_to_one_code() {
-        let c = converge(
-            &obs(b"x", Some(vec![3.0; 8])),
-            &Policy::reference().convergence,
-        );
+        let c = converge(&obs(b"x", Some(vec![3.0; 8])), &Policy::reference().convergence);
         // neural = 0.5 everywhere, code 512, s = 512/1023: one symbol, zero entropy.
         assert_eq!(c.entropy, 0.0);
         assert_eq!(c.mutual_information, 0.5 * (512.0 / 1023.0));

@@ -214,10 +214,7 @@ impl<'a> Strs<'a> {
             Strs::Given(v) => (v, &[]),
             Strs::Default(v) => (&[], v),
         };
-        given
-            .iter()
-            .map(String::as_str)
-            .chain(default.iter().copied())
+        given.iter().map(String::as_str).chain(default.iter().copied())
     }
 }
 
@@ -412,11 +409,7 @@ fn ihsan(a: &Action, dignity_keywords: &[String], concerns: &mut Concerns) -> Fr
         let violations = a
             .harms
             .iter()
-            .filter(|h| {
-                dignity_keywords
-                    .iter()
-                    .any(|k| contains_ignoring_case(h, k))
-            })
+            .filter(|h| dignity_keywords.iter().any(|k| contains_ignoring_case(h, k)))
             .count();
         (1.0 - violations as f64 * 0.3).max(0.0)
     };
@@ -614,15 +607,9 @@ mod tests {
             (0.08999999999999986, 0.7),
             (0.7306666666666666, 0.9),
         ];
-        for ((f, (score, confidence)), framework) in
-            v.frameworks.iter().zip(expected).zip(Framework::ALL)
-        {
+        for ((f, (score, confidence)), framework) in v.frameworks.iter().zip(expected).zip(Framework::ALL) {
             assert_eq!(f.framework, framework);
-            assert_eq!(
-                (f.score, f.confidence),
-                (score, confidence),
-                "{framework:?}"
-            );
+            assert_eq!((f.score, f.confidence), (score, confidence), "{framework:?}");
         }
         assert_eq!(v.ihsan_score(), 0.7306666666666666);
     }
@@ -684,7 +671,10 @@ mod tests {
         let v = evaluate(&concerning, 0.9, &p);
         assert_eq!(v.severity, Severity::Concerning, "{v:?}");
         assert_eq!(v.conditions.len(), 4, "{:?}", v.conditions);
-        assert_eq!(v.conditions[2], "Significant potential harm: [\"Data loss\", \"Data loss\", \"Data loss\", \"Data loss\"]");
+        assert_eq!(
+            v.conditions[2],
+            "Significant potential harm: [\"Data loss\", \"Data loss\", \"Data loss\", \"Data loss\"]"
+        );
 
         let problematic = EthicsContext {
             potential_harms: harms(30),

@@ -173,9 +173,7 @@ pub struct QualityConfidence {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// Not TOML, or not the expected tables and keys (missing, unknown or mistyped).
-    #[error(
-        "policy: expected TOML with exactly the tables and keys of dataflows/policy.toml: {0}"
-    )]
+    #[error("policy: expected TOML with exactly the tables and keys of dataflows/policy.toml: {0}")]
     Parse(#[from] toml::de::Error),
     /// Parsed, but a value is outside what the stages can use.
     #[error("policy: `{field}` must be {expected}, found {found}")]
@@ -222,9 +220,7 @@ impl Policy {
             },
             ethics: EthicsPolicy {
                 uncertainty_harm_max_clarity: 0.7,
-                dignity_harm_keywords: ["degrade", "humiliate", "exploit"]
-                    .map(String::from)
-                    .to_vec(),
+                dignity_harm_keywords: ["degrade", "humiliate", "exploit"].map(String::from).to_vec(),
                 weights: FrameworkWeights {
                     utilitarian: 0.20,
                     deontological: 0.20,
@@ -326,10 +322,7 @@ impl Policy {
             ("value.accuracy.prediction_market", a.prediction_market),
             ("value.accuracy.reputation", a.reputation),
             ("value.accuracy.formal_verification", a.formal_verification),
-            (
-                "value.accuracy.information_theoretic",
-                a.information_theoretic,
-            ),
+            ("value.accuracy.information_theoretic", a.information_theoretic),
         ];
         for (field, v) in accuracies {
             check(field, v, v > 0.0 && v <= 1.0, "in (0, 1]")?;
@@ -426,18 +419,14 @@ mod tests {
     #[test]
     fn missing_key_is_rejected_naming_the_key() {
         let text = Policy::DEFAULT_TOML.replace("beta = 0.3\n", "");
-        let msg = Policy::from_toml(&text)
-            .expect_err("missing key")
-            .to_string();
+        let msg = Policy::from_toml(&text).expect_err("missing key").to_string();
         assert!(msg.contains("beta"), "{msg}");
     }
 
     #[test]
     fn out_of_range_values_are_rejected_with_field_and_value() {
         let text = Policy::DEFAULT_TOML.replace("reputation = 0.72", "reputation = 0.0");
-        let msg = Policy::from_toml(&text)
-            .expect_err("zero accuracy")
-            .to_string();
+        let msg = Policy::from_toml(&text).expect_err("zero accuracy").to_string();
         assert!(msg.contains("value.accuracy.reputation"), "{msg}");
         assert!(msg.contains("found 0"), "{msg}");
 
@@ -446,13 +435,10 @@ mod tests {
         assert!(msg.contains("convergence.alpha"), "{msg}");
 
         let text = Policy::DEFAULT_TOML.replace("\"exploit\"", "\"\"");
-        let msg = Policy::from_toml(&text)
-            .expect_err("empty keyword")
-            .to_string();
+        let msg = Policy::from_toml(&text).expect_err("empty keyword").to_string();
         assert!(msg.contains("dignity_harm_keywords"), "{msg}");
 
-        let text =
-            Policy::DEFAULT_TOML.replace("concerning_above = -0.2", "concerning_above = 0.5");
+        let text = Policy::DEFAULT_TOML.replace("concerning_above = -0.2", "concerning_above = 0.5");
         let msg = Policy::from_toml(&text).expect_err("ladder").to_string();
         assert!(msg.contains("ethics.severity"), "{msg}");
     }

@@ -23,12 +23,7 @@ pub enum SnrLevel {
 
 impl SnrLevel {
     /// Every level.
-    pub const ALL: [SnrLevel; 4] = [
-        SnrLevel::High,
-        SnrLevel::Medium,
-        SnrLevel::Low,
-        SnrLevel::Unknown,
-    ];
+    pub const ALL: [SnrLevel; 4] = [SnrLevel::High, SnrLevel::Medium, SnrLevel::Low, SnrLevel::Unknown];
 
     /// The wire spelling.
     pub fn as_str(self) -> &'static str {
@@ -77,10 +72,9 @@ pub fn score(
     let noise = c.entropy + c.quantization_error + disagreement + NOISE_EPSILON;
     let score = signal / noise;
     let ihsan = (ihsan_framework_score + 1.0) / 2.0;
-    let confidence = (base_confidence(c.quality, p)
-        * (0.5 + 0.5 * consistency)
-        * (1.0 - 0.3 * c.quantization_error))
-        .clamp(0.0, 1.0);
+    let confidence =
+        (base_confidence(c.quality, p) * (0.5 + 0.5 * consistency) * (1.0 - 0.3 * c.quantization_error))
+            .clamp(0.0, 1.0);
     Snr {
         score,
         level: classify(score, ihsan, confidence, p),
@@ -153,26 +147,14 @@ mod tests {
     #[test]
     fn level_boundaries() {
         let p = Policy::reference().snr;
-        assert_eq!(
-            classify(0.81, 0.95, 0.7, &p),
-            SnrLevel::High,
-            "ihsan bound is ≥"
-        );
-        assert_eq!(
-            classify(0.81, 0.9499, 0.9, &p),
-            SnrLevel::Medium,
-            "downgraded"
-        );
+        assert_eq!(classify(0.81, 0.95, 0.7, &p), SnrLevel::High, "ihsan bound is ≥");
+        assert_eq!(classify(0.81, 0.9499, 0.9, &p), SnrLevel::Medium, "downgraded");
         assert_eq!(
             classify(0.8, 1.0, 0.9, &p),
             SnrLevel::Medium,
             "high bound is strict"
         );
-        assert_eq!(
-            classify(0.5, 1.0, 0.9, &p),
-            SnrLevel::Medium,
-            "medium bound is ≥"
-        );
+        assert_eq!(classify(0.5, 1.0, 0.9, &p), SnrLevel::Medium, "medium bound is ≥");
         assert_eq!(classify(0.4999, 1.0, 0.9, &p), SnrLevel::Low);
         assert_eq!(classify(5.0, 1.0, 0.6999, &p), SnrLevel::Unknown);
     }

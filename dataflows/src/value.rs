@@ -160,8 +160,7 @@ fn shapley(c: &Convergence, accuracy: f64) -> (f64, f64) {
 /// Simulated market: a price from clarity, synergy and MI less entropy, times a demand premium
 /// by synergy; liquidity (from clarity) sets confidence.
 fn prediction_market(c: &Convergence, accuracy: f64) -> (f64, f64) {
-    let base =
-        (0.4 * c.clarity + 0.3 * c.synergy + 0.2 * c.mutual_information - 0.1 * c.entropy).max(0.0);
+    let base = (0.4 * c.clarity + 0.3 * c.synergy + 0.2 * c.mutual_information - 0.1 * c.entropy).max(0.0);
     let demand = if c.synergy > 0.9 {
         1.5
     } else if c.synergy > 0.7 {
@@ -172,19 +171,15 @@ fn prediction_market(c: &Convergence, accuracy: f64) -> (f64, f64) {
         0.8
     };
     let liquidity = (0.5 + c.clarity * 0.5).min(1.0);
-    (
-        (base * demand).clamp(0.0, 1.0),
-        (accuracy * liquidity).min(0.90),
-    )
+    ((base * demand).clamp(0.0, 1.0), (accuracy * liquidity).min(0.90))
 }
 
 /// Social proof: consistency (synergy·clarity) and trust from provenance. With no reputation
 /// history (bizra keeps none), its sample confidence is min(1, 0/100 + 0.5) = 0.5.
 fn reputation(c: &Convergence, prov: Provenance, accuracy: f64) -> (f64, f64) {
     let consistency = c.synergy * c.clarity;
-    let trust =
-        (0.3 * flag(prov.source) + 0.4 * flag(prov.verified) + 0.3 * flag(prov.attestation) + 0.3)
-            .clamp(0.0, 1.0);
+    let trust = (0.3 * flag(prov.source) + 0.4 * flag(prov.verified) + 0.3 * flag(prov.attestation) + 0.3)
+        .clamp(0.0, 1.0);
     const SAMPLE_CONFIDENCE: f64 = 0.5;
     (
         (0.6 * consistency + 0.4 * trust).clamp(0.0, 1.0),

@@ -164,9 +164,7 @@ pub enum OutputSpec {
 const WRITE_QUEUE: usize = 16;
 
 /// Starts a writer thread; returns its sender (`None` for discard) and handle.
-pub fn spawn_writer(
-    spec: OutputSpec,
-) -> io::Result<Writer> {
+pub fn spawn_writer(spec: OutputSpec) -> io::Result<Writer> {
     let sink: Box<dyn Write + Send> = match &spec {
         OutputSpec::Discard => return Ok((None, None)),
         OutputSpec::Stdout => Box::new(io::stdout()),

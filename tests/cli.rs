@@ -113,7 +113,11 @@ fn verdict_map(p: &Path) -> BTreeMap<i64, Value> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -121,7 +125,10 @@ fn every_input_gets_exactly_one_verdict_or_dead_letter() {
     let dir = tempfile::tempdir().unwrap();
     let (key, pubkey) = keygen(dir.path());
     let input = dir.path().join("in.jsonl");
-    let gen = ok(bizra().args(["gen", "--count", "2000", "--seed", "9", "--bad-fraction", "0.1"]).output().unwrap());
+    let gen = ok(bizra()
+        .args(["gen", "--count", "2000", "--seed", "9", "--bad-fraction", "0.1"])
+        .output()
+        .unwrap());
     // Add lines the generator does not make: blank lines are skipped, the rest count.
     let mut text = String::from_utf8(gen.stdout).unwrap();
     text.push_str("\n\n{\"id\":\"huge\",\"data\":\"");
@@ -173,13 +180,20 @@ fn verdicts_are_identical_on_1_and_4_workers_and_2_processes() {
     ok(cmd.args(gen_args).args(["-w", "4"]).output().unwrap());
 
     let hostfile = dir.path().join("hosts");
-    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .unwrap();
     let cluster = files(dir.path(), "n2");
     let mut children = Vec::new();
     for p in ["0", "1"] {
         let mut cmd = bizra();
         run_args(&mut cmd, &cluster, &key);
-        cmd.args(gen_args).args(["-w", "2", "-n", "2", "-p", p]).arg("--hostfile").arg(&hostfile);
+        cmd.args(gen_args)
+            .args(["-w", "2", "-n", "2", "-p", p])
+            .arg("--hostfile")
+            .arg(&hostfile);
         children.push(cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
     }
     for c in children {
@@ -233,14 +247,22 @@ fn bad_config_or_keyring_exits_2_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[verification]\nbatch_size = \"many\"\n").unwrap();
-    let out = bizra().args(["run", "--gen", "1", "-q", "--config"]).arg(&cfg).output().unwrap();
+    let out = bizra()
+        .args(["run", "--gen", "1", "-q", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("batch_size"), "{err}");
 
     let ring = dir.path().join("ring.toml");
     std::fs::write(&ring, "[keys]\nalice = \"not base64!\"\n").unwrap();
-    let out = bizra().args(["run", "--gen", "1", "-q", "--keyring"]).arg(&ring).output().unwrap();
+    let out = bizra()
+        .args(["run", "--gen", "1", "-q", "--keyring"])
+        .arg(&ring)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ring.toml") && err.contains("alice"), "{err}");
@@ -248,21 +270,37 @@ fn bad_config_or_keyring_exits_2_naming_file_and_key() {
 
 #[test]
 fn run_gen_reaches_every_severity_and_decision() {
-    let out = ok(bizra().args(["run", "--gen", "3000", "--seed", "11", "-w", "2", "--output", "-", "-q"]).output().unwrap());
+    let out = ok(bizra()
+        .args([
+            "run", "--gen", "3000", "--seed", "11", "-w", "2", "--output", "-", "-q",
+        ])
+        .output()
+        .unwrap());
     let text = String::from_utf8(out.stdout).unwrap();
     let vs: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(vs.len(), 3000);
-    for sev in ["exemplary", "acceptable", "concerning", "problematic", "prohibited"] {
+    for sev in [
+        "exemplary",
+        "acceptable",
+        "concerning",
+        "problematic",
+        "prohibited",
+    ] {
         assert!(vs.iter().any(|v| v["ethics"]["severity"] == sev), "no {sev}");
     }
     for d in ["permit", "review", "deny"] {
         assert!(vs.iter().any(|v| v["decision"] == d), "no {d}");
     }
     for s in ["ok", "bad", "unknown_key", "absent", "sampled_out"] {
-        assert!(vs.iter().any(|v| v["verification"]["checks"]["signature"] == s), "no signature {s}");
+        assert!(
+            vs.iter().any(|v| v["verification"]["checks"]["signature"] == s),
+            "no signature {s}"
+        );
     }
     assert!(vs.iter().any(|v| v["verification"]["checks"]["replay"] == true));
-    assert!(vs.iter().any(|v| v["verification"]["checks"]["digest"] == "mismatch"));
+    assert!(vs
+        .iter()
+        .any(|v| v["verification"]["checks"]["digest"] == "mismatch"));
     for v in vs.iter().filter(|v| v["verification"]["tier"] == "full") {
         assert!(v["proof"].is_object());
     }

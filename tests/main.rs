@@ -1,5 +1,6 @@
 //! The one integration-test binary: each module proves one area of behaviour.
 
+mod cli;
+mod decode_props;
 mod golden_stages;
 mod merkle_vectors;
-mod cli;

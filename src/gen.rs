@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use bizra_dataflows::observation::Urgency;
 use bizra_dataflows::verification::signature::observation_message;
 
 /// What to generate.
@@ -18,6 +19,22 @@ pub struct GenConfig {
     pub seed: u64,
     /// Fraction of records that are bad input (each becomes a dead letter).
     pub bad_fraction: f64,
+    /// Fraction of good records that carry a signature.
+    pub signed_fraction: f64,
+    /// Every record gets this urgency instead of the realistic mix.
+    pub urgency: Option<Urgency>,
+}
+
+impl GenConfig {
+    /// The realistic mix: half signed, all urgencies.
+    pub fn new(seed: u64, bad_fraction: f64) -> GenConfig {
+        GenConfig {
+            seed,
+            bad_fraction,
+            signed_fraction: 0.5,
+            urgency: None,
+        }
+    }
 }
 
 /// The generator: configuration plus the key it signs with.
@@ -184,11 +201,15 @@ impl Generator {
         } else {
             (Some(text), None)
         };
-        let urgency = match rng.gen_range(0..100) {
-            0..=24 => "real_time",
-            25..=59 => "near_real_time",
-            60..=84 => "batch",
-            _ => "deferred",
+        let roll = rng.gen_range(0..100);
+        let urgency = match self.cfg.urgency {
+            Some(u) => u.as_str(),
+            None => match roll {
+                0..=24 => "real_time",
+                25..=59 => "near_real_time",
+                60..=84 => "batch",
+                _ => "deferred",
+            },
         };
         let features = rng.gen_bool(0.2).then(|| {
             (0..rng.gen_range(8..64))
@@ -205,7 +226,8 @@ impl Generator {
             }
             format!("sha256:{}", hex::encode(d))
         });
-        let signature = rng.gen_bool(0.5).then(|| self.sign(&mut rng, &id, &payload_sha));
+        let signed = rng.gen_bool(self.cfg.signed_fraction.clamp(0.0, 1.0));
+        let signature = signed.then(|| self.sign(&mut rng, &id, &payload_sha));
         let obs = Obs {
             context: rng.gen_bool(0.85).then(|| context(&mut rng)),
             source: rng.gen_bool(0.5).then(|| pick(&mut rng, &SOURCES)),

@@ -14,10 +14,16 @@ use bizra::gen::{GenConfig, Generator};
 use bizra::io::{InputSpec, OutputSpec};
 use bizra::run::{self, Cluster, Outputs, Source};
 use bizra_dataflows::decode::Limits;
+use bizra_dataflows::observation::Urgency;
 use bizra_dataflows::pipeline::PipelineConfig;
 use bizra_dataflows::verification::signature::{self, Keyring};
 use clap::{Args, Parser, Subcommand};
 use ed25519_dalek::SigningKey;
+
+/// Records and verdicts are many small allocations across threads: mimalloc's per-thread
+/// heaps keep that off the glibc arenas (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +83,12 @@ struct RunArgs {
     /// Generator: fraction of bad records.
     #[arg(long, default_value_t = 0.0)]
     bad_fraction: f64,
+    /// Generator: fraction of good records that are signed.
+    #[arg(long, default_value_t = 0.5)]
+    signed_fraction: f64,
+    /// Generator: give every record this urgency (real_time, near_real_time, batch, deferred).
+    #[arg(long, value_parser = parse_urgency)]
+    urgency: Option<Urgency>,
     /// Configuration file (overrides the embedded defaults key by key).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -114,6 +126,12 @@ struct GenArgs {
     seed: u64,
     #[arg(long, default_value_t = 0.0)]
     bad_fraction: f64,
+    /// Fraction of good records that are signed.
+    #[arg(long, default_value_t = 0.5)]
+    signed_fraction: f64,
+    /// Give every record this urgency.
+    #[arg(long, value_parser = parse_urgency)]
+    urgency: Option<Urgency>,
     /// Sign with the key in this file (made by `bizra keygen`); without it a key derived from
     /// the seed is used.
     #[arg(long)]
@@ -123,12 +141,18 @@ struct GenArgs {
     keyring_out: Option<PathBuf>,
 }
 
+fn parse_urgency(s: &str) -> Result<Urgency, String> {
+    Urgency::parse(s)
+        .ok_or_else(|| format!("expected real_time, near_real_time, batch or deferred, found {s:?}"))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -162,13 +186,12 @@ fn keyring_text(name: &str, key: &SigningKey) -> String {
 fn cmd_gen(a: GenArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let key = a.sign_key.as_deref().map(config::load_signing_key).transpose()?;
-    let g = Generator::new(
-        GenConfig {
-            seed: a.seed,
-            bad_fraction: a.bad_fraction,
-        },
-        key,
-    );
+    let cfg = GenConfig {
+        signed_fraction: a.signed_fraction,
+        urgency: a.urgency,
+        ..GenConfig::new(a.seed, a.bad_fraction)
+    };
+    let g = Generator::new(cfg, key);
     if let Some(p) = &a.keyring_out {
         std::fs::write(p, keyring_text(g.key_id(), g.key()))
             .with_context(|| format!("{}: cannot write keyring", p.display()))?;
@@ -259,13 +282,12 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let source = match a.gen {
         Some(count) => {
-            let g = Generator::new(
-                GenConfig {
-                    seed: a.seed,
-                    bad_fraction: a.bad_fraction,
-                },
-                None,
-            );
+            let cfg = GenConfig {
+                signed_fraction: a.signed_fraction,
+                urgency: a.urgency,
+                ..GenConfig::new(a.seed, a.bad_fraction)
+            };
+            let g = Generator::new(cfg, None);
             keyring.insert(g.key_id().to_owned(), g.key().verifying_key());
             Source::Gen {
                 count,

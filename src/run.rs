@@ -228,11 +228,31 @@ impl Outbox {
         if self.senders[kind as usize].is_none() {
             return;
         }
+        self.bufs[kind as usize].extend_from_slice(line);
+        self.end_line(kind);
+    }
+
+    /// Serializes one record straight into its output buffer.
+    fn write(&mut self, o: &Output) {
+        let kind = kind_of(o);
+        if self.senders[kind as usize].is_none() {
+            return;
+        }
         let buf = &mut self.bufs[kind as usize];
-        buf.extend_from_slice(line);
+        let written = match o {
+            Output::Verdict(v) => serde_json::to_writer(&mut *buf, v),
+            Output::Commitment(c) => serde_json::to_writer(&mut *buf, c),
+            Output::DeadLetter(d) => serde_json::to_writer(&mut *buf, d),
+        };
+        written.expect("output records serialize");
+        self.end_line(kind);
+    }
+
+    fn end_line(&mut self, kind: u8) {
+        let buf = &mut self.bufs[kind as usize];
         buf.push(b'\n');
         if buf.len() >= FLUSH_BYTES {
-            let full = std::mem::take(buf);
+            let full = std::mem::replace(buf, Vec::with_capacity(FLUSH_BYTES + 16 * 1024));
             self.queued.push_back((kind, full));
         }
     }
@@ -340,34 +360,20 @@ pub fn run(
             };
             let out = pipeline::build(raw, &cfg);
             let counts = summary.clone();
-            let encoded = out.map(move |o| {
+            let out = out.map(move |o| {
                 counts.borrow_mut().count(&o);
-                encode(&o)
+                o
             });
-            // With several processes every line goes to a worker of process 0.
-            let encoded = if multi {
-                encoded.exchange(move |e: &(u8, Vec<u8>)| (e.1.len() % threads.max(1)) as u64)
+            if multi {
+                // With several processes every line goes to a worker of process 0, which
+                // writes; lines are encoded where they were made to spread the work.
+                let encoded = out
+                    .map(|o| encode(&o))
+                    .exchange(move |e: &(u8, Vec<u8>)| (e.1.len() % threads.max(1)) as u64);
+                sink(encoded, outbox.clone(), |ob, (kind, line)| ob.push(kind, &line)).probe_with(&probe);
             } else {
-                encoded
-            };
-            let sink_box = outbox.clone();
-            encoded
-                .unary::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
-                    Pipeline,
-                    "sink",
-                    move |cap, _info| {
-                        drop(cap);
-                        move |input, _output| {
-                            input.for_each(|_cap, data: &mut Vec<(u8, Vec<u8>)>| {
-                                let mut ob = sink_box.borrow_mut();
-                                for (kind, line) in data.drain(..) {
-                                    ob.push(kind, &line);
-                                }
-                            });
-                        }
-                    },
-                )
-                .probe_with(&probe);
+                sink(out, outbox.clone(), |ob, o| ob.write(&o)).probe_with(&probe);
+            }
         });
 
         let mut input = Some(input);
@@ -496,11 +502,42 @@ pub fn run(
     Ok(total)
 }
 
+/// The last operator: hands each record to the worker's outbox.
+fn sink<'s, D: 'static>(
+    stream: StreamVec<'s, u64, D>,
+    outbox: Rc<RefCell<Outbox>>,
+    mut put: impl FnMut(&mut Outbox, D) + 'static,
+) -> StreamVec<'s, u64, ()> {
+    stream.unary::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        "sink",
+        move |cap, _| {
+            drop(cap);
+            move |input, _output| {
+                input.for_each(|_cap, data: &mut Vec<D>| {
+                    let mut ob = outbox.borrow_mut();
+                    for d in data.drain(..) {
+                        put(&mut ob, d);
+                    }
+                });
+            }
+        },
+    )
+}
+
+fn kind_of(o: &Output) -> u8 {
+    match o {
+        Output::Verdict(_) => VERDICT,
+        Output::Commitment(_) => COMMITMENT,
+        Output::DeadLetter(_) => DEAD_LETTER,
+    }
+}
+
 fn encode(o: &Output) -> (u8, Vec<u8>) {
-    let (kind, bytes) = match o {
-        Output::Verdict(v) => (VERDICT, serde_json::to_vec(v)),
-        Output::Commitment(c) => (COMMITMENT, serde_json::to_vec(c)),
-        Output::DeadLetter(d) => (DEAD_LETTER, serde_json::to_vec(d)),
+    let bytes = match o {
+        Output::Verdict(v) => serde_json::to_vec(v),
+        Output::Commitment(c) => serde_json::to_vec(c),
+        Output::DeadLetter(d) => serde_json::to_vec(d),
     };
-    (kind, bytes.expect("output records serialize"))
+    (kind_of(o), bytes.expect("output records serialize"))
 }

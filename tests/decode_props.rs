@@ -3,7 +3,7 @@
 //! panic.
 
 use bizra_dataflows::dead_letter::ErrorKind;
-use bizra_dataflows::decode::{decode, Limits};
+use bizra_dataflows::decode::{decode, decode_field_by_field, Limits};
 use bizra_dataflows::pipeline::{decode_record, RawRecord};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -79,6 +79,8 @@ proptest! {
             obs[name] = v;
         }
         let bytes = serde_json::to_vec(&obs).unwrap();
+        // The one-pass path and the field-by-field path agree on every input.
+        prop_assert_eq!(decode(&bytes, &Limits::default()), decode_field_by_field(&bytes, &Limits::default()));
         match decode(&bytes, &Limits::default()) {
             Ok(o) => prop_assert_eq!(o.id.is_empty(), false),
             Err(e) => {
@@ -103,6 +105,7 @@ proptest! {
         let mut obs = valid();
         obs["context"][key] = v;
         let bytes = serde_json::to_vec(&obs).unwrap();
+        prop_assert_eq!(decode(&bytes, &Limits::default()), decode_field_by_field(&bytes, &Limits::default()));
         if let Err(e) = decode(&bytes, &Limits::default()) {
             prop_assert_eq!(e.kind, ErrorKind::InvalidField);
             prop_assert!(e.message.contains(key), "{}", e.message);

@@ -3,6 +3,8 @@
 //! score, verify or look at keys; it only enforces the wire format.
 
 use base64::Engine;
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -139,14 +141,142 @@ fn opt<'a, T: Deserialize<'a>>(
     raw.map(|r| field(r, name, expected)).transpose()
 }
 
-/// Decodes one observation record.
-pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Observation, DecodeError> {
-    let raw: RawObservation = serde_json::from_slice(bytes).map_err(classify_top)?;
+/// Every known field already of its JSON type; semantic checks (lengths, base64, enums,
+/// formats) are left to [`validate`]. Filled in one pass by the fast path, or field by
+/// field by the slow path that reports which field is wrong.
+#[derive(Deserialize, Default)]
+struct Typed<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data_b64: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    urgency: Option<Cow<'a, str>>,
+    context: Option<TypedContext>,
+    features: Option<Vec<f64>>,
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    source: Option<String>,
+    attestation: Option<String>,
+    #[serde(borrow)]
+    digest: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    signature: Option<TypedSignature<'a>>,
+}
 
-    let id: &str = match raw.id {
-        None => return Err(missing("id", "a string of 1–256 bytes")),
-        Some(r) => field(r, "id", "a string of 1–256 bytes")?,
-    };
+#[derive(Deserialize, Default)]
+struct TypedContext {
+    stakeholders: Option<Vec<String>>,
+    affected: Option<Vec<String>>,
+    domain: Option<String>,
+    potential_benefits: Option<Vec<String>>,
+    potential_harms: Option<Vec<String>>,
+    reversibility: Option<f64>,
+    intended_outcome: Option<String>,
+    constraints: Option<MapLen>,
+    history: Option<SeqLen>,
+    cultural_context: Option<String>,
+    hidden_agenda: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypedSignature<'a> {
+    key_id: Option<String>,
+    #[serde(borrow)]
+    sig: Option<Cow<'a, str>>,
+}
+
+/// A JSON object, of which only the number of entries is kept.
+struct MapLen(usize);
+/// A JSON array, of which only the number of elements is kept.
+struct SeqLen(usize);
+
+impl<'de> Deserialize<'de> for MapLen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MapLen;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<MapLen, A::Error> {
+                let mut n = 0;
+                while m
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {
+                    n += 1;
+                }
+                Ok(MapLen(n))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for SeqLen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SeqLen;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<SeqLen, A::Error> {
+                let mut n = 0;
+                while s.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(SeqLen(n))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// Decodes one observation record.
+///
+/// Valid records take one typed pass; a record that fails it is parsed again field by field
+/// so that the dead letter names the field and what was expected.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Observation, DecodeError> {
+    if let Ok(typed) = serde_json::from_slice::<Typed>(bytes) {
+        if let Ok(obs) = validate(typed, limits) {
+            return Ok(obs);
+        }
+    }
+    validate(typed_field_by_field(bytes)?, limits)
+}
+
+/// The slow path alone (for tests that check both paths agree).
+#[doc(hidden)]
+pub fn decode_field_by_field(bytes: &[u8], limits: &Limits) -> Result<Observation, DecodeError> {
+    validate(typed_field_by_field(bytes)?, limits)
+}
+
+/// The slow path: each field parsed on its own, errors naming it.
+fn typed_field_by_field(bytes: &[u8]) -> Result<Typed<'_>, DecodeError> {
+    let raw: RawObservation = serde_json::from_slice(bytes).map_err(classify_top)?;
+    Ok(Typed {
+        id: opt(raw.id, "id", "a string of 1–256 bytes")?,
+        data: opt(raw.data, "data", "a string")?,
+        data_b64: opt(raw.data_b64, "data_b64", "a base64 string")?,
+        urgency: opt(raw.urgency, "urgency", "a string")?,
+        context: raw.context.map(decode_context).transpose()?,
+        features: opt(raw.features, "features", "an array of 1–4096 finite numbers")?,
+        timestamp: opt(raw.timestamp, "timestamp", "an RFC 3339 string")?,
+        source: opt(raw.source, "source", "a string")?,
+        attestation: opt(raw.attestation, "attestation", "a string")?,
+        digest: opt(raw.digest, "digest", "a string `sha256:<64 hex>`")?,
+        signature: raw.signature.map(decode_signature).transpose()?,
+    })
+}
+
+/// The semantic rules of SPEC §1.1 over already-typed fields.
+fn validate(t: Typed, limits: &Limits) -> Result<Observation, DecodeError> {
+    let id = t.id.ok_or_else(|| missing("id", "a string of 1–256 bytes"))?;
     if id.is_empty() || id.len() > MAX_ID_BYTES {
         return Err(invalid(
             "id",
@@ -154,9 +284,9 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Observation, DecodeError>
         ));
     }
 
-    let payload_sha256 = payload_digest(&raw, limits)?;
+    let payload_sha256 = payload_digest(t.data.as_deref(), t.data_b64.as_deref(), limits)?;
 
-    let urgency = match opt::<&str>(raw.urgency, "urgency", "a string")? {
+    let urgency = match t.urgency.as_deref() {
         None => Urgency::NearRealTime,
         Some(s) => Urgency::parse(s).ok_or_else(|| {
             invalid(
@@ -166,17 +296,10 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Observation, DecodeError>
         })?,
     };
 
-    let context = match raw.context {
-        None => EthicsContext::default(),
-        Some(r) => decode_context(r)?,
-    };
+    let context = t.context.map(context_from).unwrap_or_default();
+    let features = t.features.map(check_features).transpose()?;
 
-    let features = match raw.features {
-        None => None,
-        Some(r) => Some(decode_features(r)?),
-    };
-
-    let timestamp_ms = match opt::<&str>(raw.timestamp, "timestamp", "an RFC 3339 string")? {
+    let timestamp_ms = match t.timestamp.as_deref() {
         None => None,
         Some(s) => Some(parse_rfc3339_ms(s).ok_or_else(|| {
             invalid(
@@ -186,28 +309,18 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Observation, DecodeError>
         })?),
     };
 
-    let source = opt::<String>(raw.source, "source", "a string")?;
-    let attestation = opt::<String>(raw.attestation, "attestation", "a string")?;
-
-    let digest = match opt::<&str>(raw.digest, "digest", "a string `sha256:<64 hex>`")? {
-        None => None,
-        Some(s) => Some(parse_digest(s)?),
-    };
-
-    let signature = match raw.signature {
-        None => None,
-        Some(r) => Some(decode_signature(r)?),
-    };
+    let digest = t.digest.as_deref().map(parse_digest).transpose()?;
+    let signature = t.signature.map(check_signature).transpose()?;
 
     Ok(Observation {
-        id: id.to_owned(),
+        id: id.into_owned(),
         payload_sha256,
         urgency,
         context,
         features,
         timestamp_ms,
-        source,
-        attestation,
+        source: t.source,
+        attestation: t.attestation,
         digest,
         signature,
     })
@@ -238,7 +351,11 @@ fn classify_top(e: serde_json::Error) -> DecodeError {
     }
 }
 
-fn payload_digest(raw: &RawObservation, limits: &Limits) -> Result<[u8; 32], DecodeError> {
+fn payload_digest(
+    data: Option<&str>,
+    data_b64: Option<&str>,
+    limits: &Limits,
+) -> Result<[u8; 32], DecodeError> {
     let max = limits.max_payload_bytes;
     let too_large = |n: usize| {
         DecodeError::new(
@@ -246,18 +363,16 @@ fn payload_digest(raw: &RawObservation, limits: &Limits) -> Result<[u8; 32], Dec
             format!("payload is {n} bytes, the limit is {max} bytes"),
         )
     };
-    match (raw.data, raw.data_b64) {
+    match (data, data_b64) {
         (None, None) => Err(missing("data", "exactly one of `data` or `data_b64`")),
         (Some(_), Some(_)) => Err(invalid("data", "exactly one of `data` or `data_b64`, found both")),
-        (Some(r), None) => {
-            let text: std::borrow::Cow<str> = field(r, "data", "a string")?;
+        (Some(text), None) => {
             if text.len() > max {
                 return Err(too_large(text.len()));
             }
             Ok(Sha256::digest(text.as_bytes()).into())
         }
-        (None, Some(r)) => {
-            let text: std::borrow::Cow<str> = field(r, "data_b64", "a base64 string")?;
+        (None, Some(text)) => {
             // Reject before decoding when even the smallest decoding would be too large.
             if text.len() / 4 * 3 > max + 2 {
                 return Err(too_large(text.len() / 4 * 3));
@@ -277,7 +392,7 @@ fn string_list(raw: Option<&RawValue>, name: &str) -> Result<Option<Vec<String>>
     opt(raw, name, "an array of strings")
 }
 
-fn decode_context(raw: &RawValue) -> Result<EthicsContext, DecodeError> {
+fn decode_context(raw: &RawValue) -> Result<TypedContext, DecodeError> {
     let c: RawContext = serde_json::from_str(raw.get()).map_err(|e| {
         if e.to_string().starts_with("duplicate field") {
             invalid("context", &format!("an object with unique keys ({e})"))
@@ -285,31 +400,39 @@ fn decode_context(raw: &RawValue) -> Result<EthicsContext, DecodeError> {
             invalid("context", &format!("an object, found {}", describe(raw.get())))
         }
     })?;
-    let reversibility = opt::<f64>(c.reversibility, "context.reversibility", "a number")?;
-    Ok(EthicsContext {
+    Ok(TypedContext {
         stakeholders: string_list(c.stakeholders, "context.stakeholders")?,
         affected: string_list(c.affected, "context.affected")?,
         domain: opt(c.domain, "context.domain", "a string")?,
         potential_benefits: string_list(c.potential_benefits, "context.potential_benefits")?,
         potential_harms: string_list(c.potential_harms, "context.potential_harms")?,
-        reversibility,
+        reversibility: opt(c.reversibility, "context.reversibility", "a number")?,
         intended_outcome: opt(c.intended_outcome, "context.intended_outcome", "a string")?,
-        constraints_nonempty: opt::<serde_json::Map<String, serde_json::Value>>(
-            c.constraints,
-            "context.constraints",
-            "an object",
-        )?
-        .map(|m| !m.is_empty()),
-        history_nonempty: opt::<Vec<&RawValue>>(c.history, "context.history", "an array")?
-            .map(|v| !v.is_empty()),
+        constraints: opt(c.constraints, "context.constraints", "an object")?,
+        history: opt(c.history, "context.history", "an array")?,
         cultural_context: opt(c.cultural_context, "context.cultural_context", "a string")?,
         hidden_agenda: opt(c.hidden_agenda, "context.hidden_agenda", "a boolean")?,
     })
 }
 
-fn decode_features(raw: &RawValue) -> Result<Vec<f64>, DecodeError> {
+fn context_from(c: TypedContext) -> EthicsContext {
+    EthicsContext {
+        stakeholders: c.stakeholders,
+        affected: c.affected,
+        domain: c.domain,
+        potential_benefits: c.potential_benefits,
+        potential_harms: c.potential_harms,
+        reversibility: c.reversibility,
+        intended_outcome: c.intended_outcome,
+        constraints_nonempty: c.constraints.map(|m| m.0 > 0),
+        history_nonempty: c.history.map(|s| s.0 > 0),
+        cultural_context: c.cultural_context,
+        hidden_agenda: c.hidden_agenda,
+    }
+}
+
+fn check_features(values: Vec<f64>) -> Result<Vec<f64>, DecodeError> {
     let expected = "an array of 1–4096 finite numbers";
-    let values: Vec<f64> = field(raw, "features", expected)?;
     if values.is_empty() || values.len() > MAX_FEATURES {
         return Err(invalid(
             "features",
@@ -335,23 +458,26 @@ fn parse_digest(s: &str) -> Result<[u8; 32], DecodeError> {
     Ok(out)
 }
 
-fn decode_signature(raw: &RawValue) -> Result<SignatureRef, DecodeError> {
+fn decode_signature(raw: &RawValue) -> Result<TypedSignature<'_>, DecodeError> {
     let expected = "an object {\"key_id\": string, \"sig\": base64 Ed25519 signature}";
     let s: RawSignature =
         serde_json::from_str(raw.get()).map_err(|e| invalid("signature", &format!("{expected} ({e})")))?;
-    let key_id: String = match s.key_id {
-        None => return Err(missing("signature.key_id", "a string")),
-        Some(r) => field(r, "signature.key_id", "a string")?,
-    };
+    Ok(TypedSignature {
+        key_id: opt(s.key_id, "signature.key_id", "a string")?,
+        sig: opt(s.sig, "signature.sig", "a base64 string")?,
+    })
+}
+
+fn check_signature(s: TypedSignature) -> Result<SignatureRef, DecodeError> {
+    let key_id = s.key_id.ok_or_else(|| missing("signature.key_id", "a string"))?;
     if key_id.is_empty() {
         return Err(invalid("signature.key_id", "a non-empty string"));
     }
-    let sig_text: &str = match s.sig {
-        None => return Err(missing("signature.sig", "a base64 Ed25519 signature")),
-        Some(r) => field(r, "signature.sig", "a base64 string")?,
-    };
+    let sig_text = s
+        .sig
+        .ok_or_else(|| missing("signature.sig", "a base64 Ed25519 signature"))?;
     let bytes = base64::engine::general_purpose::STANDARD
-        .decode(sig_text)
+        .decode(sig_text.as_bytes())
         .map_err(|e| invalid("signature.sig", &format!("standard padded base64 ({e})")))?;
     let sig: [u8; 64] = bytes.as_slice().try_into().map_err(|_| {
         invalid(
@@ -483,6 +609,34 @@ mod tests {
         assert_eq!(o.context.constraints_nonempty, Some(false));
         assert_eq!(o.context.history_nonempty, Some(true));
         assert_eq!(o.context.stakeholders, None);
+    }
+
+    #[test]
+    fn escaped_strings_decode_like_plain_ones() {
+        let plain = decode(
+            br#"{"id":"a\"b","data":"x","urgency":"batch"}"#,
+            &Limits::default(),
+        )
+        .unwrap();
+        let escaped = decode(
+            br#"{"id":"a\u0022b","data":"x","urgency":"\u0062atch"}"#,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(plain, escaped);
+        assert_eq!(plain.id, "a\"b");
+    }
+
+    #[test]
+    fn null_means_absent() {
+        let o = decode(
+            br#"{"id":"a","data":"x","source":null,"context":{"domain":null}}"#,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(o.source, None);
+        assert_eq!(o.context.domain, None);
+        assert_eq!(kind(r#"{"id":null,"data":"x"}"#), ErrorKind::MissingField);
     }
 
     #[test]

@@ -489,6 +489,9 @@ enum Concern {
     LowIhsan(&'static str, f64),
 }
 
+/// Harms named in the "Significant potential harm" condition; the rest are counted.
+const HARMS_LISTED: usize = 8;
+
 /// The concerns of one evaluation: at most 1 + 2 + 6 + 1 + 5 = 15.
 struct Concerns {
     items: [Concern; 15],
@@ -517,10 +520,14 @@ impl Concerns {
     fn render(c: Concern, a: &Action) -> String {
         match c {
             Concern::SignificantHarm => {
+                // The list is capped so that a verdict stays small whatever the input.
                 let mut s = String::from("Significant potential harm: [");
-                for (i, h) in a.harms.iter().enumerate() {
+                for (i, h) in a.harms.iter().take(HARMS_LISTED).enumerate() {
                     let sep = if i == 0 { "" } else { ", " };
                     let _ = write!(s, "{sep}{h:?}");
+                }
+                if a.harms.len() > HARMS_LISTED {
+                    let _ = write!(s, ", … {} more", a.harms.len() - HARMS_LISTED);
                 }
                 s.push(']');
                 s
@@ -675,6 +682,19 @@ mod tests {
             v.conditions[2],
             "Significant potential harm: [\"Data loss\", \"Data loss\", \"Data loss\", \"Data loss\"]"
         );
+
+        let many = EthicsContext {
+            potential_harms: harms(11),
+            reversibility: Some(0.2),
+            ..EthicsContext::default()
+        };
+        let v = evaluate(&many, 0.9, &p);
+        let listed = v
+            .conditions
+            .iter()
+            .find(|c| c.starts_with("Significant"))
+            .unwrap();
+        assert!(listed.ends_with("\"Data loss\", … 3 more]"), "{listed}");
 
         let problematic = EthicsContext {
             potential_harms: harms(30),

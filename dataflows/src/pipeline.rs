@@ -55,7 +55,11 @@ pub struct PipelineConfig {
 }
 
 /// Decodes one raw record into a routed observation or a dead letter.
-pub fn decode_record(r: RawRecord, limits: &Limits, max_message_bytes: usize) -> Result<Decoded, DeadLetter> {
+pub fn decode_record(
+    r: RawRecord,
+    limits: &Limits,
+    max_message_bytes: usize,
+) -> Result<Box<Decoded>, DeadLetter> {
     let result = match r.oversize {
         Some(len) => Err(DecodeError::new(
             ErrorKind::MessageTooLarge,
@@ -67,7 +71,7 @@ pub fn decode_record(r: RawRecord, limits: &Limits, max_message_bytes: usize) ->
         Ok(obs) => {
             let event_ms = obs.timestamp_ms.or(r.message_ms).unwrap_or(r.ingest_ms);
             let id_hash = id_hash(&obs.id);
-            Ok(Decoded {
+            Ok(Box::new(Decoded {
                 obs,
                 origin: Origin {
                     input: r.input,
@@ -76,7 +80,7 @@ pub fn decode_record(r: RawRecord, limits: &Limits, max_message_bytes: usize) ->
                     event_ms,
                 },
                 id_hash,
-            })
+            }))
         }
         Err(e) => Err(DeadLetter::new(e, r.input, &r.bytes, wall_ms())),
     }
@@ -86,7 +90,7 @@ pub fn decode_record(r: RawRecord, limits: &Limits, max_message_bytes: usize) ->
 pub fn build<'s>(raw: StreamVec<'s, u64, RawRecord>, cfg: &PipelineConfig) -> StreamVec<'s, u64, Output> {
     let limits = cfg.limits.clone();
     let max_message_bytes = cfg.max_message_bytes;
-    let (decoded, dead): (StreamVec<'s, u64, Decoded>, StreamVec<'s, u64, DeadLetter>) =
+    let (decoded, dead): (StreamVec<'s, u64, Box<Decoded>>, StreamVec<'s, u64, DeadLetter>) =
         raw.ok_err(move |r| decode_record(r, &limits, max_message_bytes));
 
     let conv_policy = cfg.policy.convergence.clone();

@@ -18,10 +18,11 @@ pub struct Decoded {
     pub id_hash: u128,
 }
 
-/// After convergence scoring.
+/// After convergence scoring. The observation stays boxed from decoding to the verdict so
+/// that operators move a pointer, not the whole record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
-    pub decoded: Decoded,
+    pub decoded: Box<Decoded>,
     pub convergence: Convergence,
 }
 
@@ -63,7 +64,7 @@ impl<I> BatchEvent<I> {
 /// A verdict whose leaf hash is known; `proof` is attached when its batch seals.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Assessed {
-    pub verdict: Verdict,
+    pub verdict: Box<Verdict>,
     pub leaf: Hash,
     /// Wall-clock ms the record entered bizra, for `latency_ms`.
     pub ingest_ms: i64,

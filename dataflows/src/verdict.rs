@@ -127,7 +127,7 @@ pub fn assess(c: Checked, policy: &Policy, policy_version: &str) -> Assessed {
         &policy.snr,
     );
     let permitted = ethics.permitted && verification.valid;
-    let verdict = Verdict {
+    let verdict = Box::new(Verdict {
         id: obs.id.clone(),
         input: scored.decoded.origin.input.clone(),
         policy_version: policy_version.to_owned(),
@@ -143,7 +143,7 @@ pub fn assess(c: Checked, policy: &Policy, policy_version: &str) -> Assessed {
         proof: None,
         latency_ms: 0.0,
         payload_digest: format!("sha256:{}", hex::encode(obs.payload_sha256)),
-    };
+    });
     let leaf = verdict.leaf_fields(&obs.payload_sha256).hash();
     Assessed {
         verdict,

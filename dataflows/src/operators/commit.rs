@@ -37,7 +37,7 @@ struct Pending {
     leaves: Vec<Option<Hash>>,
     have: u32,
     /// Full-tier verdicts waiting for their proof.
-    held: Vec<Verdict>,
+    held: Vec<Box<Verdict>>,
     /// Set by the batch's seal.
     size: Option<u32>,
     /// The least capability seen for this batch.
@@ -97,7 +97,7 @@ pub fn commit<'s>(
                                 if p.tier == Tier::Full {
                                     p.held.push(v);
                                 } else {
-                                    output.session(&cap).give(Output::Verdict(Box::new(v)));
+                                    output.session(&cap).give(Output::Verdict(v));
                                 }
                             }
                             BatchEvent::Seal(s) => {
@@ -130,7 +130,7 @@ pub fn commit<'s>(
                             root: root.clone(),
                             path: path.iter().map(hex::encode).collect(),
                         });
-                        session.give(Output::Verdict(Box::new(v)));
+                        session.give(Output::Verdict(v));
                     }
                     drop(session);
                     ready.insert(seq, (tree, p.cap));

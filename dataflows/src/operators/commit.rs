@@ -37,6 +37,7 @@ struct Pending {
     leaves: Vec<Option<Hash>>,
     have: u32,
     /// Full-tier verdicts waiting for their proof.
+    #[allow(clippy::vec_box)] // the verdicts arrive boxed and leave boxed: no re-boxing
     held: Vec<Box<Verdict>>,
     /// Set by the batch's seal.
     size: Option<u32>,

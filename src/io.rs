@@ -156,8 +156,10 @@ fn read_line_limited(r: &mut impl BufRead, max: usize) -> io::Result<Option<(Vec
 pub enum OutputSpec {
     Stdout,
     File(PathBuf),
-    /// Counted, not written.
+    /// Counted, not written (not even serialized).
     Discard,
+    /// Serialized and then dropped: the whole output path without the disk (benchmarks).
+    Null,
 }
 
 /// Chunks queued per writer before workers see backpressure.
@@ -168,6 +170,7 @@ pub fn spawn_writer(spec: OutputSpec) -> io::Result<Writer> {
     let sink: Box<dyn Write + Send> = match &spec {
         OutputSpec::Discard => return Ok((None, None)),
         OutputSpec::Stdout => Box::new(io::stdout()),
+        OutputSpec::Null => Box::new(io::sink()),
         OutputSpec::File(p) => {
             Box::new(File::create(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?)
         }

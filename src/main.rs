@@ -25,6 +25,20 @@ use ed25519_dalek::SigningKey;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (the same in v2 and v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory is returned to the OS only after it stayed unused this long. mimalloc's
+/// 10 ms default makes the steady churn of records fault fresh pages in over and over
+/// (measured: ~20 % of a worker's time in page zeroing); RSS stays bounded by the in-flight
+/// limit either way. `MIMALLOC_PURGE_DELAY` in the environment still wins.
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a process-wide integer option; no pointers are involved.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "bizra",
@@ -147,6 +161,7 @@ fn parse_urgency(s: &str) -> Result<Urgency, String> {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

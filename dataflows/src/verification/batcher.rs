@@ -412,3 +412,275 @@ fn verification(tier: Tier, checks: Checks, confidence_if_valid: f64) -> Verific
         reason: reason.map(str::to_owned),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::{Signer, SigningKey};
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::convergence::{Convergence, Quality};
+    use crate::observation::{EthicsContext, Observation, Origin, SignatureRef, Urgency};
+    use crate::record::Decoded;
+    use crate::verification::replay::id_hash;
+    use crate::verification::signature::key_id;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[3; 32])
+    }
+
+    fn keyring() -> Arc<Keyring> {
+        let mut k = Keyring::new();
+        k.insert(key_id(&key().verifying_key()), key().verifying_key());
+        Arc::new(k)
+    }
+
+    /// An observation `id` at input position `pos`; `sig`: None, Some(true) good, Some(false) bad.
+    fn scored(id: &str, pos: u64, urgency: Urgency, sig: Option<bool>) -> Scored {
+        let payload: [u8; 32] = Sha256::digest(id.as_bytes()).into();
+        let signature = sig.map(|good| {
+            let mut s = key().sign(&observation_message(id, &payload)).to_bytes();
+            if !good {
+                s[3] ^= 1;
+            }
+            SignatureRef {
+                key_id: key_id(&key().verifying_key()),
+                sig: s,
+            }
+        });
+        Scored {
+            decoded: Box::new(Decoded {
+                obs: Observation {
+                    id: id.into(),
+                    payload_sha256: payload,
+                    urgency,
+                    context: EthicsContext::default(),
+                    features: None,
+                    timestamp_ms: None,
+                    source: None,
+                    attestation: None,
+                    digest: None,
+                    signature,
+                },
+                origin: Origin {
+                    input: None,
+                    position: pos,
+                    ingest_ms: 0,
+                    event_ms: 0,
+                },
+                id_hash: id_hash(id),
+            }),
+            convergence: Convergence {
+                clarity: 0.5,
+                mutual_information: 0.5,
+                entropy: 0.5,
+                synergy: 1.0,
+                quantization_error: 0.0,
+                quality: Quality::Optimal,
+            },
+        }
+    }
+
+    fn items(events: &[BatchEvent<Checked>]) -> Vec<&Checked> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                BatchEvent::Item(c) => Some(c),
+                BatchEvent::Seal(_) => None,
+            })
+            .collect()
+    }
+
+    fn seals(events: &[BatchEvent<Checked>]) -> Vec<Seal> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                BatchEvent::Seal(s) => Some(*s),
+                BatchEvent::Item(_) => None,
+            })
+            .collect()
+    }
+
+    fn cfg(batch_size: usize) -> VerifyConfig {
+        VerifyConfig {
+            batch_size,
+            ..VerifyConfig::default()
+        }
+    }
+
+    #[test]
+    fn full_tier_waits_for_the_seal_and_batch_checks_signatures() {
+        let mut v = ShardVerifier::new(7, cfg(4), keyring());
+        let mut out = Vec::new();
+        let batch: Vec<_> = (0..3)
+            .map(|i| scored(&format!("f{i}"), i, Urgency::Batch, Some(i != 1)))
+            .collect();
+        v.process(batch, 0, &mut out);
+        assert!(out.is_empty(), "full-tier verdicts wait for their batch");
+        v.process(vec![scored("f3", 3, Urgency::Deferred, None)], 1, &mut out);
+        let got = items(&out);
+        assert_eq!(got.len(), 4);
+        assert_eq!(
+            seals(&out),
+            vec![Seal {
+                shard: 7,
+                tier: Tier::Full,
+                seq: 0,
+                size: 4
+            }]
+        );
+        assert!(
+            matches!(out.last(), Some(BatchEvent::Seal(_))),
+            "the seal comes after its items"
+        );
+        let sigs: Vec<_> = got.iter().map(|c| c.verification.checks.signature).collect();
+        use SignatureCheck::*;
+        assert_eq!(sigs, [Ok, Bad, Ok, Absent]);
+        assert_eq!(got[1].verification.confidence, 0.0);
+        assert_eq!(got[1].verification.reason.as_deref(), Some("bad_signature"));
+        assert_eq!(got[0].verification.confidence, 1.0);
+        let idx: Vec<_> = got.iter().map(|c| (c.batch.seq, c.batch.leaf_index)).collect();
+        assert_eq!(idx, [(0, 0), (0, 1), (0, 2), (0, 3)]);
+    }
+
+    #[test]
+    fn incremental_verdicts_leave_at_once_and_seal_by_time() {
+        let mut v = ShardVerifier::new(0, cfg(64), keyring());
+        let mut out = Vec::new();
+        v.process(
+            vec![scored("a", 0, Urgency::NearRealTime, Some(true))],
+            1000,
+            &mut out,
+        );
+        let got = items(&out);
+        assert_eq!(got[0].verification.confidence, 0.85);
+        assert_eq!(got[0].verification.checks.signature, SignatureCheck::Ok);
+        assert_eq!(v.next_deadline_ms(), Some(1100));
+        out.clear();
+        v.seal_due(1099, &mut out);
+        assert!(out.is_empty());
+        v.seal_due(1100, &mut out);
+        assert_eq!(
+            seals(&out),
+            vec![Seal {
+                shard: 0,
+                tier: Tier::Incremental,
+                seq: 0,
+                size: 1
+            }]
+        );
+        assert!(!v.has_open());
+    }
+
+    #[test]
+    fn tiers_share_one_seq_counter_per_shard() {
+        let mut v = ShardVerifier::new(0, cfg(64), keyring());
+        let mut out = Vec::new();
+        let epoch = vec![
+            scored("s", 0, Urgency::RealTime, None),
+            scored("i", 1, Urgency::NearRealTime, None),
+            scored("f", 2, Urgency::Batch, None),
+        ];
+        v.process(epoch, 0, &mut out);
+        v.seal_all(&mut out);
+        let mut seqs: Vec<_> = seals(&out).iter().map(|s| (s.tier, s.seq)).collect();
+        seqs.sort();
+        assert_eq!(
+            seqs,
+            [(Tier::Statistical, 0), (Tier::Incremental, 1), (Tier::Full, 2)]
+        );
+    }
+
+    #[test]
+    fn a_repeated_id_is_a_replay_in_input_order() {
+        let mut v = ShardVerifier::new(0, cfg(64), keyring());
+        let mut out = Vec::new();
+        // Delivered out of order within the epoch: position decides which one is first.
+        v.process(
+            vec![
+                scored("dup", 5, Urgency::NearRealTime, None),
+                scored("dup", 2, Urgency::NearRealTime, None),
+            ],
+            0,
+            &mut out,
+        );
+        let got = items(&out);
+        assert_eq!(got[0].scored.decoded.origin.position, 2);
+        assert!(got[0].verification.valid);
+        assert!(got[1].verification.checks.replay);
+        assert_eq!(got[1].verification.reason.as_deref(), Some("replay"));
+    }
+
+    #[test]
+    fn statistical_tier_samples_and_escalates_on_a_sampled_failure() {
+        let c = cfg(64);
+        let fraction = sample_fraction(sample_size(0.95, 0.10), 64);
+        assert!((fraction - 29.0 / 64.0).abs() < 1e-12);
+        // Find ids that are (not) sampled under the default seed.
+        let sampled = |id: &str| is_sampled(c.statistical_seed.as_bytes(), id, fraction);
+        let ids: Vec<String> = (0..200).map(|i| format!("st{i}")).collect();
+        let yes: Vec<&String> = ids.iter().filter(|i| sampled(i)).take(3).collect();
+        let no: Vec<&String> = ids.iter().filter(|i| !sampled(i)).take(3).collect();
+
+        // All good: unsampled ones are `sampled_out` with the Wilson bound of 3/3.
+        let mut v = ShardVerifier::new(0, c.clone(), keyring());
+        let mut out = Vec::new();
+        let epoch = yes
+            .iter()
+            .chain(&no)
+            .enumerate()
+            .map(|(p, id)| scored(id, p as u64, Urgency::RealTime, Some(true)));
+        v.process(epoch.collect(), 0, &mut out);
+        let got = items(&out);
+        let wilson = wilson_lower_bound(3, 3);
+        for c in &got {
+            let id = &c.scored.decoded.obs.id;
+            if sampled(id) {
+                assert_eq!(c.verification.checks.signature, SignatureCheck::Ok);
+                assert_eq!(c.verification.confidence, 1.0);
+            } else {
+                assert_eq!(c.verification.checks.signature, SignatureCheck::SampledOut);
+                assert!(c.verification.valid);
+                assert_eq!(c.verification.confidence, wilson);
+            }
+        }
+
+        // A bad sampled signature: everything in the batch gets checked, bad ones found.
+        let mut v = ShardVerifier::new(0, c, keyring());
+        let mut out = Vec::new();
+        let mut epoch = vec![scored(yes[0], 0, Urgency::RealTime, Some(false))];
+        epoch.push(scored(no[0], 1, Urgency::RealTime, Some(false)));
+        epoch.push(scored(no[1], 2, Urgency::RealTime, Some(true)));
+        v.process(epoch, 0, &mut out);
+        let sigs: Vec<_> = items(&out)
+            .iter()
+            .map(|c| c.verification.checks.signature)
+            .collect();
+        assert_eq!(
+            sigs,
+            [SignatureCheck::Bad, SignatureCheck::Bad, SignatureCheck::Ok]
+        );
+        // Later epochs of the same batch are checked in full too.
+        out.clear();
+        v.process(vec![scored(no[2], 3, Urgency::RealTime, Some(true))], 1, &mut out);
+        assert_eq!(items(&out)[0].verification.checks.signature, SignatureCheck::Ok);
+    }
+
+    #[test]
+    fn required_signatures_make_unsigned_invalid() {
+        let mut v = ShardVerifier::new(
+            0,
+            VerifyConfig {
+                require_signatures: true,
+                ..cfg(64)
+            },
+            keyring(),
+        );
+        let mut out = Vec::new();
+        v.process(vec![scored("u", 0, Urgency::NearRealTime, None)], 0, &mut out);
+        let c = items(&out)[0];
+        assert_eq!(c.verification.checks.signature, SignatureCheck::RequiredMissing);
+        assert!(!c.verification.valid);
+        assert_eq!(c.verification.reason.as_deref(), Some("required_missing"));
+    }
+}

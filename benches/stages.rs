@@ -1,0 +1,144 @@
+//! Per-stage costs, one record at a time, on generated observations (the realistic mix).
+//! Run: `cargo bench --bench stages`. Isolates the pure stage functions from timely, I/O and
+//! the generator: inputs are generated and decoded before the measurement.
+
+use std::sync::Arc;
+
+use bizra::gen::{GenConfig, Generator};
+use bizra_dataflows::convergence::converge;
+use bizra_dataflows::decode::{decode, Limits};
+use bizra_dataflows::ethics::evaluate;
+use bizra_dataflows::observation::Observation;
+use bizra_dataflows::policy::Policy;
+use bizra_dataflows::value::{assess, Provenance};
+use bizra_dataflows::verification::leaf::LeafFields;
+use bizra_dataflows::verification::merkle::{Hash, Tree};
+use bizra_dataflows::verification::signature::{observation_message, verify_batch};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ed25519_dalek::Signer;
+
+const N: usize = 1024;
+
+fn inputs() -> (Vec<Vec<u8>>, Vec<Observation>) {
+    let g = Generator::new(GenConfig::new(42, 0.0), None);
+    let raw: Vec<Vec<u8>> = (0..N as u64).map(|i| g.record(i)).collect();
+    let obs = raw
+        .iter()
+        .map(|r| decode(r, &Limits::default()).expect("generated record decodes"))
+        .collect();
+    (raw, obs)
+}
+
+fn stages(c: &mut Criterion) {
+    let (raw, obs) = inputs();
+    let policy = Policy::reference();
+    let convs: Vec<_> = obs.iter().map(|o| converge(o, &policy.convergence)).collect();
+    let mut g = c.benchmark_group("stage");
+    g.throughput(Throughput::Elements(N as u64));
+
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            raw.iter()
+                .map(|r| decode(r, &Limits::default()).is_ok() as usize)
+                .sum::<usize>()
+        })
+    });
+    g.bench_function("convergence", |b| {
+        b.iter(|| {
+            obs.iter()
+                .map(|o| converge(o, &policy.convergence).clarity)
+                .sum::<f64>()
+        })
+    });
+    g.bench_function("value", |b| {
+        b.iter(|| {
+            convs
+                .iter()
+                .map(|c| assess(c, Provenance::default(), &policy.value).value)
+                .sum::<f64>()
+        })
+    });
+    g.bench_function("ethics", |b| {
+        b.iter(|| {
+            obs.iter()
+                .zip(&convs)
+                .map(|(o, c)| evaluate(&o.context, c.clarity, &policy.ethics).overall)
+                .sum::<f64>()
+        })
+    });
+    g.bench_function("leaf_hash", |b| {
+        b.iter(|| {
+            obs.iter()
+                .map(|o| {
+                    LeafFields {
+                        id: &o.id,
+                        payload_sha256: &o.payload_sha256,
+                        tier: 2,
+                        valid: true,
+                        severity: 1,
+                        permitted: true,
+                        overall: 0.5,
+                        value: 0.5,
+                        clarity: 0.5,
+                    }
+                    .hash()[0] as usize
+                })
+                .sum::<usize>()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("batch64");
+    g.throughput(Throughput::Elements(64));
+    let leaves: Vec<Hash> = (0..64u8).map(|i| [i; 32]).collect();
+    g.bench_function("merkle_tree_and_proofs", |b| {
+        b.iter_batched(
+            || leaves.clone(),
+            |l| {
+                let t = Tree::new(l);
+                (0..64).map(|i| t.path(i).len()).sum::<usize>()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let vk = key.verifying_key();
+    let msgs: Vec<Vec<u8>> = obs
+        .iter()
+        .take(64)
+        .map(|o| observation_message(&o.id, &o.payload_sha256))
+        .collect();
+    let sigs: Vec<[u8; 64]> = msgs.iter().map(|m| key.sign(m).to_bytes()).collect();
+    let items: Vec<_> = msgs
+        .iter()
+        .zip(&sigs)
+        .map(|(m, s)| (&vk, m.as_slice(), s))
+        .collect();
+    g.bench_function("ed25519_verify_batch", |b| b.iter(|| verify_batch(&items).len()));
+    g.bench_function("ed25519_verify_single", |b| {
+        b.iter(|| {
+            items
+                .iter()
+                .filter(|(k, m, s)| {
+                    k.verify_strict(m, &ed25519_dalek::Signature::from_bytes(s))
+                        .is_ok()
+                })
+                .count()
+        })
+    });
+    let mut bad = sigs.clone();
+    bad[17][5] ^= 1;
+    let bad_items: Vec<_> = msgs
+        .iter()
+        .zip(&bad)
+        .map(|(m, s)| (&vk, m.as_slice(), s))
+        .collect();
+    g.bench_function("ed25519_verify_batch_one_bad", |b| {
+        b.iter(|| verify_batch(&bad_items).len())
+    });
+    g.finish();
+    drop(Arc::new(()));
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);

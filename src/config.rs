@@ -21,6 +21,8 @@ pub struct Config {
     pub keys: KeysConfig,
     pub policy: PolicyConfig,
     pub pipeline: PipelineSettings,
+    #[serde(default)]
+    pub kafka: crate::kafka::KafkaConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,11 +6,13 @@
 //! - `config`: the configuration tree, embedded defaults, policy/keyring/key loading.
 //! - `gen`: the deterministic generator of realistic observations.
 //! - `io`: reader thread (JSONL → raw records) and writer threads (lines → files/stdout).
+//! - `kafka/`: Kafka mode — source, sinks, offset commits, circuit breaker.
 //! - `run`: timely workers, the driver loop with bounded in-flight epochs, the summary.
 //! - `verify_cmd`: the independent checker of verdicts against commitments.
 
 pub mod config;
 pub mod gen;
 pub mod io;
+pub mod kafka;
 pub mod run;
 pub mod verify_cmd;

@@ -127,6 +127,12 @@ struct RunArgs {
     /// One host:port per process, in process order.
     #[arg(long)]
     hostfile: Option<PathBuf>,
+    /// Kafka bootstrap servers: selects Kafka mode (default: config `kafka.brokers`).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Kafka consumer group (default: config `kafka.group_id`, `bizra`).
+    #[arg(long)]
+    group: Option<String>,
     /// No progress bar.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -324,18 +330,6 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         signing_key: Arc::new(signing_key),
         run: run_id,
     };
-    let outputs = Outputs {
-        verdicts: if a.output == "-" {
-            OutputSpec::Stdout
-        } else {
-            OutputSpec::File(a.output.clone().into())
-        },
-        commitments: a
-            .commitments
-            .clone()
-            .map_or(OutputSpec::Discard, OutputSpec::File),
-        dead_letters: a.dlq.clone().map_or(OutputSpec::Discard, OutputSpec::File),
-    };
     let cluster = Cluster {
         workers: a.workers.max(1),
         processes: a.processes.max(1),
@@ -343,16 +337,43 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         hostfile: a.hostfile.clone(),
     };
     let progress = Arc::new(AtomicU64::new(0));
-    let bar = progress_bar(a.gen, a.quiet, progress.clone());
-    let summary = run::run(
-        cluster,
-        pipeline,
-        cfg.pipeline.epoch_records,
-        cfg.pipeline.max_inflight_epochs,
-        source,
-        outputs,
-        progress,
-    );
+    let mut kafka = cfg.kafka.clone();
+    if let Some(b) = &a.brokers {
+        kafka.brokers = b.clone();
+    }
+    if let Some(g) = &a.group {
+        kafka.group_id = g.clone();
+    }
+    let bar = progress_bar(a.gen, a.quiet || !kafka.brokers.is_empty(), progress.clone());
+    let summary = if kafka.brokers.is_empty() {
+        let outputs = Outputs {
+            verdicts: if a.output == "-" {
+                OutputSpec::Stdout
+            } else {
+                OutputSpec::File(a.output.clone().into())
+            },
+            commitments: a
+                .commitments
+                .clone()
+                .map_or(OutputSpec::Discard, OutputSpec::File),
+            dead_letters: a.dlq.clone().map_or(OutputSpec::Discard, OutputSpec::File),
+        };
+        run::run(
+            cluster,
+            pipeline,
+            cfg.pipeline.epoch_records,
+            cfg.pipeline.max_inflight_epochs,
+            source,
+            outputs,
+            progress,
+        )
+    } else {
+        let shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
+        }
+        bizra::kafka::run(cluster, pipeline, kafka, shutdown, progress)
+    };
     if let Some((bar, stop, handle)) = bar {
         stop.store(u64::MAX, Ordering::Relaxed);
         let _ = handle.join();

@@ -47,7 +47,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    fn timely_config(&self) -> anyhow::Result<timely::Config> {
+    pub(crate) fn timely_config(&self) -> anyhow::Result<timely::Config> {
         let communication = if self.processes > 1 {
             let path = self
                 .hostfile
@@ -112,7 +112,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, o: &Summary) {
+    pub(crate) fn add(&mut self, o: &Summary) {
         self.verdicts += o.verdicts;
         self.invalid += o.invalid;
         self.commitments += o.commitments;
@@ -130,7 +130,7 @@ impl Summary {
         }
     }
 
-    fn count(&mut self, o: &Output) {
+    pub(crate) fn count(&mut self, o: &Output) {
         match o {
             Output::Verdict(v) => {
                 self.verdicts += 1;

@@ -4,3 +4,4 @@ mod cli;
 mod decode_props;
 mod golden_stages;
 mod merkle_vectors;
+mod kafka;

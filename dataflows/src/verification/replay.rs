@@ -2,12 +2,12 @@
 //! Memory is bounded by construction — a fixed-size FIFO window per bucket. It does not route
 //! records to buckets (the dataflow does, by [`bucket`]) nor persist anything across restarts.
 //!
-//! Ids are reduced to a 128-bit hash; two distinct ids collide with probability ~2⁻¹²⁸ per
-//! pair. The 256 buckets are the unit of routing: every bucket lives on exactly one worker
+//! Ids are reduced to a 128-bit hash: its low 8 bits pick the bucket, the high 64 bits are
+//! the fingerprint the window keeps. The 256 buckets are the unit of routing: every bucket lives on exactly one worker
 //! whatever the worker count, so a guard's answers do not depend on how many workers run.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Number of buckets an id hash is routed by.
@@ -41,6 +41,10 @@ impl Hasher for IdHasher {
         self.0 = (v >> 64) as u64;
     }
 
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+
     /// Only reached by keys other than u128; an FNV-1a fold keeps it total and deterministic.
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
@@ -52,16 +56,22 @@ impl Hasher for IdHasher {
 /// [`IdHasher`] as a `BuildHasher`.
 pub type BuildIdHasher = BuildHasherDefault<IdHasher>;
 
-/// One bucket's window.
+/// One bucket's window: a ring of the last sightings and a count per fingerprint.
 #[derive(Clone, Debug, Default)]
 struct Window {
-    /// Sightings `(id hash, event ms)`, oldest first; never longer than the per-bucket cap.
-    fifo: VecDeque<(u128, i64)>,
-    /// Id hash → number of its sightings in `fifo`, for O(1) "seen at all?".
-    counts: HashMap<u128, u32, BuildIdHasher>,
+    /// Fingerprints (the high 64 bits of the id hash; the low bits name the bucket), oldest at
+    /// `head` once the ring is full. Allocated on the bucket's first sighting, never grown past
+    /// the cap.
+    ring: Vec<u64>,
+    /// Event times parallel to `ring`; kept only when a time limit is set.
+    times: Vec<i64>,
+    /// Next slot to overwrite once `ring` is full.
+    head: usize,
+    /// Fingerprint → number of its sightings in `ring`, for O(1) "seen at all?".
+    counts: HashMap<u64, u32, BuildIdHasher>,
 }
 
-/// Remembers the most recent id hashes of each bucket to flag replays.
+/// Remembers the most recent ids of each bucket to flag replays, in about 28 bytes per id.
 #[derive(Clone, Debug)]
 pub struct ReplayGuard {
     /// Sightings kept per bucket: `window_ids / 256`, at least 1.
@@ -93,33 +103,53 @@ impl ReplayGuard {
     /// time no more than `window_ms` away from `event_ms` (either side: a replay cannot escape
     /// by backdating its timestamp). Always records this sighting, evicting the bucket's oldest
     /// when full.
+    ///
+    /// Ids are compared by the 64 bits of their hash above the bucket bits: within a window of
+    /// n ids a false replay has probability about n/2⁶⁴ per check.
     pub fn check_and_insert(&mut self, h: u128, event_ms: i64) -> bool {
         let per_bucket = self.per_bucket;
         let window_ms = self.window_ms;
+        let timed = window_ms > 0;
+        let fp = (h >> 64) as u64;
         let w = &mut self.buckets[usize::from(bucket(h))];
-        let seen = w.counts.contains_key(&h)
-            && (window_ms == 0
-                || w.fifo
+        if w.ring.capacity() == 0 {
+            w.ring.reserve_exact(per_bucket);
+            if timed {
+                w.times.reserve_exact(per_bucket);
+            }
+            w.counts.reserve(per_bucket);
+        }
+        let seen = w.counts.contains_key(&fp)
+            && (!timed
+                || w.ring
                     .iter()
-                    .any(|&(id, t)| id == h && t.abs_diff(event_ms) <= window_ms.unsigned_abs()));
-        if w.fifo.len() == per_bucket {
-            if let Some((old, _)) = w.fifo.pop_front() {
-                if let Entry::Occupied(mut e) = w.counts.entry(old) {
-                    *e.get_mut() -= 1;
-                    if *e.get() == 0 {
-                        e.remove();
-                    }
+                    .zip(&w.times)
+                    .any(|(&id, &t)| id == fp && t.abs_diff(event_ms) <= window_ms.unsigned_abs()));
+        if w.ring.len() < per_bucket {
+            w.ring.push(fp);
+            if timed {
+                w.times.push(event_ms);
+            }
+        } else {
+            let old = std::mem::replace(&mut w.ring[w.head], fp);
+            if timed {
+                w.times[w.head] = event_ms;
+            }
+            w.head = (w.head + 1) % per_bucket;
+            if let Entry::Occupied(mut e) = w.counts.entry(old) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
                 }
             }
         }
-        w.fifo.push_back((h, event_ms));
-        *w.counts.entry(h).or_insert(0) += 1;
+        *w.counts.entry(fp).or_insert(0) += 1;
         seen
     }
 
     /// Number of sightings remembered, over all buckets.
     pub fn len(&self) -> usize {
-        self.buckets.iter().map(|w| w.fifo.len()).sum()
+        self.buckets.iter().map(|w| w.ring.len()).sum()
     }
 
     /// True when nothing has been recorded.
@@ -201,17 +231,18 @@ mod tests {
         // ~80 random ids per bucket against a cap of 8: every bucket is full, none is over.
         assert_eq!(g.len(), window);
         for w in &g.buckets {
-            assert!(w.fifo.len() <= g.per_bucket());
+            assert!(w.ring.len() <= g.per_bucket());
+            assert!(w.ring.capacity() <= g.per_bucket(), "the ring never grows past its cap");
             assert_eq!(
                 w.counts.values().map(|&c| c as usize).sum::<usize>(),
-                w.fifo.len()
+                w.ring.len()
             );
         }
         // Repeats and a single hot bucket do not grow it either.
         for n in 0..10 * window as u64 {
             g.check_and_insert(in_bucket(0, n % 5), 0);
         }
-        assert_eq!(g.buckets[0].fifo.len(), g.per_bucket());
+        assert_eq!(g.buckets[0].ring.len(), g.per_bucket());
         assert_eq!(g.buckets[0].counts.len(), 5);
         assert_eq!(g.len(), window);
     }

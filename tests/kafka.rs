@@ -17,15 +17,25 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
 fn tansu_bin() -> PathBuf {
-    let p = std::env::var_os("BIZRA_TANSU").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/bizra/tansu/bin/tansu")
-    });
-    assert!(p.exists(), "tansu not found at {}: run scripts/tansu (scripts/test does)", p.display());
+    let p = std::env::var_os("BIZRA_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/bizra/tansu/bin/tansu")
+        });
+    assert!(
+        p.exists(),
+        "tansu not found at {}: run scripts/tansu (scripts/test does)",
+        p.display()
+    );
     p
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A tansu broker with sqlite storage in a temporary directory.
@@ -37,7 +47,11 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
-        let mut b = Broker { child: None, port: free_port(), dir: tempfile::tempdir().unwrap() };
+        let mut b = Broker {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
         b.spawn();
         b
     }
@@ -46,7 +60,13 @@ impl Broker {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(tansu_bin())
             .current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -70,7 +90,11 @@ impl Broker {
             .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
             .output()
             .unwrap();
-        assert!(out.status.success(), "topic create {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "topic create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Kills the broker (its data stays on disk).
@@ -81,6 +105,7 @@ impl Broker {
         }
     }
 
+    #[allow(dead_code)] // used by the broker-outage test
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
@@ -102,9 +127,14 @@ fn topics(b: &Broker, input_partitions: u32) {
 
 /// Writes `lines` to the input topic, record i to partition i mod `partitions`.
 fn produce(b: &Broker, lines: &[Vec<u8>], partitions: i32) {
-    let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", b.addr()).create().unwrap();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.addr())
+        .create()
+        .unwrap();
     for (i, l) in lines.iter().enumerate() {
-        let mut rec = BaseRecord::<(), [u8]>::to("bizra.observations").payload(l.as_slice()).partition(i as i32 % partitions);
+        let mut rec = BaseRecord::<(), [u8]>::to("bizra.observations")
+            .payload(l.as_slice())
+            .partition(i as i32 % partitions);
         loop {
             match p.send(rec) {
                 Ok(()) => break,
@@ -121,11 +151,23 @@ fn produce(b: &Broker, lines: &[Vec<u8>], partitions: i32) {
 
 fn generated(count: u64, bad: f64) -> Vec<Vec<u8>> {
     let out = Command::new(env!("CARGO_BIN_EXE_bizra"))
-        .args(["gen", "--count", &count.to_string(), "--seed", "21", "--bad-fraction", &bad.to_string()])
+        .args([
+            "gen",
+            "--count",
+            &count.to_string(),
+            "--seed",
+            "21",
+            "--bad-fraction",
+            &bad.to_string(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
-    out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect()
+    out.stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 /// Everything in `topic` (1 partition) from the start, as JSON, waiting until `until` holds.
@@ -150,7 +192,11 @@ fn read_all(b: &Broker, topic: &str, until: impl Fn(&[Value]) -> bool, timeout: 
 }
 
 fn committed(b: &Broker, group: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", b.addr()).set("group.id", group).create().unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.addr())
+        .set("group.id", group)
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition("bizra.observations", p);
@@ -158,7 +204,15 @@ fn committed(b: &Broker, group: &str, partitions: i32) -> BTreeMap<i32, i64> {
     let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     got.elements()
         .iter()
-        .map(|e| (e.partition(), match e.offset() { Offset::Offset(o) => o, _ => -1 }))
+        .map(|e| {
+            (
+                e.partition(),
+                match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                },
+            )
+        })
         .collect()
 }
 
@@ -175,7 +229,11 @@ fn bizra(b: &Broker, dir: &Path, extra: &[&str]) -> Child {
 }
 
 fn keygen(dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_bizra")).args(["keygen", "--out"]).arg(dir.join("node.key")).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bizra"))
+        .args(["keygen", "--out"])
+        .arg(dir.join("node.key"))
+        .output()
+        .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -192,7 +250,10 @@ fn sigterm(c: &mut Child) -> std::process::ExitStatus {
 }
 
 fn key_of(v: &Value) -> (i64, i64) {
-    (v["input"]["partition"].as_i64().unwrap(), v["input"]["offset"].as_i64().unwrap())
+    (
+        v["input"]["partition"].as_i64().unwrap(),
+        v["input"]["offset"].as_i64().unwrap(),
+    )
 }
 
 fn write_jsonl(path: &Path, vs: &[Value]) {
@@ -229,8 +290,18 @@ fn round_trip_with_bad_records_and_graceful_stop() {
         .iter()
         .filter(|l| bizra_dataflows::decode::decode(l, &Default::default()).is_err())
         .count();
-    let verdicts = read_all(&broker, "bizra.verdicts", |v| v.len() >= 10_000 - expected_bad, Duration::from_secs(120));
-    let dead = read_all(&broker, "bizra.dlq", |v| v.len() >= expected_bad, Duration::from_secs(30));
+    let verdicts = read_all(
+        &broker,
+        "bizra.verdicts",
+        |v| v.len() >= 10_000 - expected_bad,
+        Duration::from_secs(120),
+    );
+    let dead = read_all(
+        &broker,
+        "bizra.dlq",
+        |v| v.len() >= expected_bad,
+        Duration::from_secs(30),
+    );
     // Let the last epochs' offsets be committed, then stop.
     std::thread::sleep(Duration::from_secs(1));
     let status = sigterm(&mut run);

@@ -3,5 +3,5 @@
 mod cli;
 mod decode_props;
 mod golden_stages;
-mod merkle_vectors;
 mod kafka;
+mod merkle_vectors;

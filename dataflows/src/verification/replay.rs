@@ -232,7 +232,10 @@ mod tests {
         assert_eq!(g.len(), window);
         for w in &g.buckets {
             assert!(w.ring.len() <= g.per_bucket());
-            assert!(w.ring.capacity() <= g.per_bucket(), "the ring never grows past its cap");
+            assert!(
+                w.ring.capacity() <= g.per_bucket(),
+                "the ring never grows past its cap"
+            );
             assert_eq!(
                 w.counts.values().map(|&c| c as usize).sum::<usize>(),
                 w.ring.len()

@@ -23,6 +23,8 @@ pub struct GenConfig {
     pub signed_fraction: f64,
     /// Every record gets this urgency instead of the realistic mix.
     pub urgency: Option<Urgency>,
+    /// Fraction of good records that reuse a recent record's id (replays).
+    pub replay_fraction: f64,
 }
 
 impl GenConfig {
@@ -33,6 +35,7 @@ impl GenConfig {
             bad_fraction,
             signed_fraction: 0.5,
             urgency: None,
+            replay_fraction: 0.002,
         }
     }
 }
@@ -176,7 +179,7 @@ impl Generator {
             return bad_record(&mut rng, i);
         }
         // A few ids repeat an earlier record's id: replays.
-        let id_num = if i > 16 && rng.gen_bool(0.002) {
+        let id_num = if i > 16 && rng.gen_bool(self.cfg.replay_fraction.clamp(0.0, 1.0)) {
             i - rng.gen_range(1..16)
         } else {
             i

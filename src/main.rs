@@ -103,6 +103,9 @@ struct RunArgs {
     /// Generator: give every record this urgency (real_time, near_real_time, batch, deferred).
     #[arg(long, value_parser = parse_urgency)]
     urgency: Option<Urgency>,
+    /// Generator: fraction of good records that repeat a recent record's id.
+    #[arg(long, default_value_t = 0.002)]
+    replay_fraction: f64,
     /// Configuration file (overrides the embedded defaults key by key).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -152,6 +155,9 @@ struct GenArgs {
     /// Give every record this urgency.
     #[arg(long, value_parser = parse_urgency)]
     urgency: Option<Urgency>,
+    /// Fraction of good records that repeat a recent record's id.
+    #[arg(long, default_value_t = 0.002)]
+    replay_fraction: f64,
     /// Sign with the key in this file (made by `bizra keygen`); without it a key derived from
     /// the seed is used.
     #[arg(long)]
@@ -210,6 +216,7 @@ fn cmd_gen(a: GenArgs) -> anyhow::Result<ExitCode> {
     let cfg = GenConfig {
         signed_fraction: a.signed_fraction,
         urgency: a.urgency,
+        replay_fraction: a.replay_fraction,
         ..GenConfig::new(a.seed, a.bad_fraction)
     };
     let g = Generator::new(cfg, key);
@@ -306,6 +313,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             let cfg = GenConfig {
                 signed_fraction: a.signed_fraction,
                 urgency: a.urgency,
+                replay_fraction: a.replay_fraction,
                 ..GenConfig::new(a.seed, a.bad_fraction)
             };
             let g = Generator::new(cfg, None);

@@ -3,7 +3,8 @@
 //!
 //! Each timely worker owns one consumer, manually assigned the input partitions `p` with
 //! `p mod workers = worker` (over all workers of all processes), and one idempotent
-//! producer. Epochs are ticks of `kafka.tick_ms` wall-clock time. The sink holds a
+//! producer. Epochs are ticks of `kafka.tick_ms` of wall-clock time (Unix time / tick), the
+//! same on every process. The sink holds a
 //! capability for every tick whose records are not yet acknowledged by the broker, so the
 //! frontier after the sink says "everything derived from earlier ticks is durable"; only then
 //! are the offsets read in those ticks committed (`offsets.rs`).
@@ -203,9 +204,14 @@ fn worker_loop(
     let mut tracker = OffsetTracker::default();
     let mut reported = 0u64;
     let mut shutdown_at: Option<Instant> = None;
+    let mut last_tick = 0u64;
     loop {
         let now_ms = clock.elapsed().as_millis() as u64;
-        let tick = now_ms / tick_ms;
+        // Ticks come from the wall clock so that every process of a cluster agrees on them
+        // (a per-process clock would put a later-started process's epochs behind and stall
+        // the others' in-flight limit); never backwards.
+        let tick = last_tick.max(bizra_dataflows::operators::wall_ms().max(0) as u64 / tick_ms);
+        last_tick = tick;
         if shutdown.load(Ordering::Relaxed) && input.is_some() {
             tracing::info!(worker = index, "stopping: draining in-flight epochs");
             input = None;

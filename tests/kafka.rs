@@ -366,9 +366,7 @@ fn stable(v: &Value) -> Value {
         }
         ver["checks"].as_object_mut().unwrap().remove("signature");
     }
-    for k in ["at"] {
-        o.remove(k); // dead letters: when it was rejected
-    }
+    o.remove("at"); // dead letters: when it was rejected
     v
 }
 

@@ -376,6 +376,9 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             progress,
         )
     } else {
+        if a.gen.is_some() || a.input != "-" {
+            anyhow::bail!("--gen and --input read local input; they cannot be combined with --brokers");
+        }
         let shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;

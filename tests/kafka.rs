@@ -562,3 +562,108 @@ fn a_broker_outage_mid_stream_loses_nothing() {
         assert!(vs.iter().all(|v| v == &vs[0]), "outputs for {k:?} differ");
     }
 }
+
+/// An oversized Kafka message becomes a `message_too_large` dead letter with provenance;
+/// `--gen` cannot be mixed with `--brokers`.
+#[test]
+fn oversized_messages_are_dead_letters_with_provenance() {
+    let broker = Broker::start();
+    topics(&broker, 1);
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    let cfg = dir.path().join("small.toml");
+    std::fs::write(&cfg, "[limits]\nmax_message_bytes = 1000\n").unwrap();
+    let big = format!(r#"{{"id":"big","data":"{}"}}"#, "x".repeat(5000)).into_bytes();
+    let small = br#"{"id":"small","data":"ok"}"#.to_vec();
+    produce(&broker, &[big, small], 1);
+    let mut run = bizra(&broker, dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let dead = read_all(&broker, "bizra.dlq", |v| !v.is_empty(), Duration::from_secs(60));
+    let verdicts = read_all(
+        &broker,
+        "bizra.verdicts",
+        |v| !v.is_empty(),
+        Duration::from_secs(60),
+    );
+    assert!(sigterm(&mut run).success());
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["error"], "message_too_large");
+    assert_eq!(dead[0]["input"]["offset"], 0);
+    assert!(
+        dead[0]["message"].as_str().unwrap().contains("5022"),
+        "{}",
+        dead[0]["message"]
+    );
+    assert_eq!(verdicts.len(), 1);
+    assert_eq!(verdicts[0]["id"], "small");
+    let headers = dlq_headers(&broker);
+    assert_eq!(
+        headers.get("bizra.error").map(String::as_str),
+        Some("message_too_large")
+    );
+    assert_eq!(
+        headers.get("bizra.source.topic").map(String::as_str),
+        Some("bizra.observations")
+    );
+    assert_eq!(
+        headers.get("bizra.source.partition").map(String::as_str),
+        Some("0")
+    );
+    assert_eq!(headers.get("bizra.source.offset").map(String::as_str), Some("0"));
+}
+
+/// The headers of the first dead letter.
+fn dlq_headers(b: &Broker) -> HashMap<String, String> {
+    use rdkafka::message::Headers;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.addr())
+        .set("group.id", "bizra-test-headers")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("bizra.dlq", 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let h = m.headers().expect("dead letters carry headers");
+            return h
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect();
+        }
+    }
+    panic!("no dead letter to read headers from");
+}
+
+/// No broker at the address: a clear error after the bounded wait, non-zero exit.
+#[test]
+fn an_unreachable_broker_fails_start_up_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fast.toml");
+    std::fs::write(&cfg, "[kafka]\nconnect_timeout_ms = 2000\n").unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_bizra"))
+        .args([
+            "run",
+            "-q",
+            "--brokers",
+            &format!("127.0.0.1:{}", free_port()),
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach Kafka") && err.contains("bizra.observations"),
+        "{err}"
+    );
+}

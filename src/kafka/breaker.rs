@@ -212,11 +212,15 @@ mod tests {
     #[test]
     fn failure_rate_over_the_window_opens_it() {
         let b = breaker();
+        // The rate is judged when a failure is recorded: S F S F … ending on the 5th failure.
         for i in 0..10 {
-            if i % 2 == 0 {
+            if i % 2 == 1 {
                 b.record_failure(0);
             } else {
                 b.record_success();
+            }
+            if i < 9 {
+                assert_eq!(b.state(), State::Closed, "fewer than 10 calls after call {i}");
             }
         }
         assert_eq!(b.state(), State::Open, "5 failures of 10 is a rate of 0.5");

@@ -1,0 +1,344 @@
+//! End-to-end Kafka throughput against a passthrough baseline, and verdict latency at half
+//! the maximum rate. Needs the test broker (`scripts/tansu`) and a release build of bizra.
+//! Run: `cargo bench --bench kafka` (N with `BIZRA_BENCH_N`, default 200000).
+//!
+//! 1. A tansu broker with memory storage (fast; we only read from the start) on a free port.
+//! 2. N generated observations are preloaded into an 8-partition topic.
+//! 3. Passthrough: 2 threads, each consuming 4 partitions and producing every message to an
+//!    output topic with the producer settings bizra uses, until all are acknowledged.
+//! 4. bizra `-w 2` consumes the same topic and produces verdicts; timed from start until
+//!    the verdict topic holds one verdict per good record.
+//! 5. Latency: a fresh topic is fed at half of bizra's measured rate while bizra runs; the
+//!    latency of each verdict is its Kafka timestamp (set when produced; acks follow within
+//!    `linger.ms`) minus its input's timestamp, recorded in an HDR histogram.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 8;
+
+fn tansu() -> PathBuf {
+    std::env::var_os("BIZRA_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/bizra/tansu/bin/tansu")
+        })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn topic(port: u16, name: &str, partitions: i32) {
+    let ok = Command::new(tansu())
+        .args(["topic", "create", name, "--partitions", &partitions.to_string()])
+        .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "create topic {name}");
+}
+
+fn producer(addr: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "100000")
+        .create()
+        .unwrap()
+}
+
+fn send(p: &BaseProducer, topic: &str, partition: i32, payload: &[u8]) {
+    let mut rec = BaseRecord::<(), [u8]>::to(topic)
+        .payload(payload)
+        .partition(partition);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Counts the messages of a 1-partition topic as they arrive (watermarks are not reliable
+/// with the memory storage engine, so we consume).
+struct Counter {
+    consumer: BaseConsumer,
+    seen: usize,
+}
+
+impl Counter {
+    fn new(addr: &str, topic: &str, from: i64) -> Counter {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", addr)
+            .set("group.id", "bench-counter")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Offset(from)).unwrap();
+        consumer.assign(&tpl).unwrap();
+        Counter { consumer, seen: 0 }
+    }
+
+    /// Waits until `n` messages were seen; returns false on `timeout`.
+    fn wait_for(&mut self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.seen < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            if let Some(Ok(_)) = self.consumer.poll(Duration::from_millis(100)) {
+                self.seen += 1;
+            }
+        }
+        true
+    }
+}
+
+fn passthrough(addr: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let addr = addr.to_owned();
+            std::thread::spawn(move || {
+                let c: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &addr)
+                    .set("group.id", "passthrough")
+                    .set("enable.auto.commit", "false")
+                    .create()
+                    .unwrap();
+                let mut tpl = TopicPartitionList::new();
+                let mine: Vec<i32> = (0..PARTITIONS).filter(|p| p % 2 == t).collect();
+                for &p in &mine {
+                    tpl.add_partition_offset("bench.in", p, Offset::Beginning)
+                        .unwrap();
+                }
+                c.assign(&tpl).unwrap();
+                let p = producer(&addr);
+                let want = n / 2;
+                let mut got = 0;
+                while got < want {
+                    if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                        send(&p, "bench.out", 0, m.payload().unwrap_or_default());
+                        got += 1;
+                    }
+                    p.poll(Duration::ZERO);
+                }
+                p.flush(Duration::from_secs(60)).unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    started.elapsed()
+}
+
+fn bizra(addr: &str, group: &str, input: &str) -> Child {
+    let bin = env!("CARGO_BIN_EXE_bizra");
+    let cfg = std::env::temp_dir().join(format!("bizra-bench-{group}.toml"));
+    // Extra `[kafka]` keys for experiments, e.g. BIZRA_BENCH_KAFKA='max_inflight_ticks = 200'.
+    let extra = std::env::var("BIZRA_BENCH_KAFKA")
+        .unwrap_or_default()
+        .replace(';', "\n");
+    std::fs::write(&cfg, format!("[kafka]\ninput_topic = \"{input}\"\n{extra}\n")).unwrap();
+    Command::new(bin)
+        .args([
+            "run",
+            "-q",
+            "-w",
+            "2",
+            "--brokers",
+            addr,
+            "--group",
+            group,
+            "--config",
+        ])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn stop(mut c: Child) {
+    let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+    let _ = c.wait();
+}
+
+fn main() {
+    let n: usize = std::env::var("BIZRA_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{port}");
+    let mut broker = Command::new(tansu())
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu (run scripts/tansu first)");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    topic(port, "bench.in", PARTITIONS);
+    topic(port, "bench.live", PARTITIONS);
+    for t in ["bench.out", "bizra.verdicts", "bizra.commitments", "bizra.dlq"] {
+        topic(port, t, 1);
+    }
+
+    let gen = Command::new(env!("CARGO_BIN_EXE_bizra"))
+        .args([
+            "gen",
+            "--count",
+            &n.to_string(),
+            "--signed-fraction",
+            "0",
+            "--seed",
+            "3",
+        ])
+        .output()
+        .unwrap()
+        .stdout;
+    let lines: Vec<&[u8]> = gen.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let p = producer(&addr);
+    for (i, l) in lines.iter().enumerate() {
+        send(&p, "bench.in", i as i32 % PARTITIONS, l);
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(120)).unwrap();
+    println!("preloaded {n} observations into 8 partitions");
+
+    let base = passthrough(&addr, n);
+    let base_rate = n as f64 / base.as_secs_f64();
+    println!(
+        "passthrough: {n} in {:.2} s = {base_rate:.0} msg/s",
+        base.as_secs_f64()
+    );
+
+    let mut verdicts = Counter::new(&addr, "bizra.verdicts", 0);
+    let started = Instant::now();
+    let run = bizra(&addr, "bench-throughput", "bench.in");
+    assert!(
+        verdicts.wait_for(n, Duration::from_secs(600)),
+        "bizra produced {} of {n} verdicts",
+        verdicts.seen
+    );
+    let took = started.elapsed();
+    stop(run);
+    let rate = n as f64 / took.as_secs_f64();
+    println!(
+        "bizra -w 2: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
+        took.as_secs_f64(),
+        rate / base_rate
+    );
+
+    // Latency at half the measured rate, for 20 s.
+    let live_rate = rate / 2.0;
+    let live_n = (live_rate * 20.0) as usize;
+    let run = bizra(&addr, "bench-latency", "bench.live");
+    std::thread::sleep(Duration::from_secs(2));
+    let start = Instant::now();
+    for (i, l) in lines.iter().cycle().take(live_n).enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / live_rate);
+        while Instant::now() < due {
+            p.poll(Duration::ZERO);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Distinct ids are not needed for latency; replays are counted like any verdict.
+        send(&p, "bench.live", i as i32 % PARTITIONS, l);
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    verdicts.wait_for(n + live_n, Duration::from_secs(120));
+    stop(run);
+
+    // Input timestamps by (partition, offset), then each live verdict's latency.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("group.id", "bench-latency")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("bizra.verdicts", 0, Offset::Offset(n as i64))
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000, 3).unwrap();
+    let mut seen = 0;
+    let live_in = input_times(&addr);
+    while seen < live_n {
+        match c.poll(Duration::from_secs(5)) {
+            Some(Ok(m)) => {
+                seen += 1;
+                let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                let key = (
+                    v["input"]["partition"].as_i64().unwrap() as i32,
+                    v["input"]["offset"].as_i64().unwrap(),
+                );
+                if let (Some(t_in), Some(t_out)) = (live_in.get(&key), m.timestamp().to_millis()) {
+                    hist.record((t_out - t_in).max(1) as u64).unwrap();
+                }
+            }
+            _ => break,
+        }
+    }
+    println!(
+        "latency at {live_rate:.0} obs/s ({} verdicts): p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
+        hist.len(),
+        hist.value_at_quantile(0.50),
+        hist.value_at_quantile(0.95),
+        hist.value_at_quantile(0.99),
+        hist.max()
+    );
+    let _ = broker.kill();
+    let _ = broker.wait();
+}
+
+/// Message timestamps of the live input topic.
+fn input_times(addr: &str) -> std::collections::HashMap<(i32, i64), i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "bench-input")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset("bench.live", p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = std::collections::HashMap::new();
+    while let Some(Ok(m)) = c.poll(Duration::from_secs(3)) {
+        if let Some(t) = m.timestamp().to_millis() {
+            out.insert((m.partition(), m.offset()), t);
+        }
+    }
+    out
+}

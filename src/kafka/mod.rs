@@ -36,7 +36,7 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub start_offset: String,
-    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (TLS via the system OpenSSL; SASL PLAIN/SCRAM).
     pub security_protocol: String,
     pub sasl_mechanism: String,
     pub sasl_username: String,

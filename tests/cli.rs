@@ -7,6 +7,8 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+use crate::common::free_port;
+
 fn bizra() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bizra"));
     c.env("RUST_LOG", "warn");
@@ -80,27 +82,8 @@ fn verify(f: &RunFiles, pubkey: &str) -> String {
     text
 }
 
-/// The verdict fields that must not depend on the worker layout (SPEC §1.2), keyed by input
-/// offset. For the statistical tier, the sampled signature outcome and what follows from it
-/// (`valid`, `confidence`, `value`, `permitted`, `decision`, …) depend on batch membership.
 fn comparable(v: &Value) -> (i64, Value) {
-    let mut v = v.clone();
-    let offset = v["input"]["offset"].as_i64().unwrap();
-    let o = v.as_object_mut().unwrap();
-    for k in ["batch", "proof", "latency_ms"] {
-        o.remove(k);
-    }
-    if o["verification"]["tier"] == "statistical" {
-        for k in ["value", "permitted", "decision", "snr", "consistency"] {
-            o.remove(k);
-        }
-        let ver = o["verification"].as_object_mut().unwrap();
-        for k in ["valid", "confidence", "reason"] {
-            ver.remove(k);
-        }
-        ver["checks"].as_object_mut().unwrap().remove("signature");
-    }
-    (offset, v)
+    (v["input"]["offset"].as_i64().unwrap(), crate::common::stable(v))
 }
 
 fn verdict_map(p: &Path) -> BTreeMap<i64, Value> {
@@ -110,14 +93,6 @@ fn verdict_map(p: &Path) -> BTreeMap<i64, Value> {
         assert!(m.insert(k, v).is_none(), "two verdicts for offset {k}");
     }
     m
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -16,6 +16,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
+use crate::common::{free_port, stable};
+
 fn tansu_bin() -> PathBuf {
     let p = std::env::var_os("BIZRA_TANSU")
         .map(PathBuf::from)
@@ -28,14 +30,6 @@ fn tansu_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A tansu broker with sqlite storage in a temporary directory.
@@ -346,28 +340,6 @@ fn round_trip_with_bad_records_and_graceful_stop() {
     // (e) committed offsets = last offset + 1 = 1250 per partition.
     let c = committed(&broker, "bizra", 8);
     assert_eq!(c, (0..8).map(|p| (p, 1250)).collect::<BTreeMap<_, _>>());
-}
-
-/// The fields of a verdict that must be identical however often and wherever it is
-/// computed (SPEC §1.2), with the statistical-tier exception.
-fn stable(v: &Value) -> Value {
-    let mut v = v.clone();
-    let o = v.as_object_mut().unwrap();
-    for k in ["batch", "proof", "latency_ms"] {
-        o.remove(k);
-    }
-    if o.get("verification").is_some_and(|x| x["tier"] == "statistical") {
-        for k in ["value", "permitted", "decision", "snr", "consistency"] {
-            o.remove(k);
-        }
-        let ver = o["verification"].as_object_mut().unwrap();
-        for k in ["valid", "confidence", "reason"] {
-            ver.remove(k);
-        }
-        ver["checks"].as_object_mut().unwrap().remove("signature");
-    }
-    o.remove("at"); // dead letters: when it was rejected
-    v
 }
 
 fn by_input(outputs: &[Value]) -> HashMap<(i64, i64), Vec<Value>> {

@@ -112,7 +112,17 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub(crate) fn add(&mut self, o: &Summary) {
+    /// The sum of the workers' summaries, with the run's elapsed time.
+    pub(crate) fn total(parts: &[Summary], elapsed: Duration) -> Summary {
+        let mut total = Summary::default();
+        for s in parts {
+            total.add(s);
+        }
+        total.elapsed = elapsed;
+        total
+    }
+
+    fn add(&mut self, o: &Summary) {
         self.verdicts += o.verdicts;
         self.invalid += o.invalid;
         self.commitments += o.commitments;
@@ -494,11 +504,7 @@ pub fn run(
     if let Some(e) = errors.first() {
         bail!("{e}");
     }
-    let mut total = Summary::default();
-    for s in summaries.lock().expect("summaries lock").iter() {
-        total.add(s);
-    }
-    total.elapsed = started.elapsed();
+    let total = Summary::total(&summaries.lock().expect("summaries lock"), started.elapsed());
     Ok(total)
 }
 

@@ -154,11 +154,7 @@ pub fn run(
     if let Some(e) = errors.lock().expect("errors lock").first() {
         bail!("{e}");
     }
-    let mut total = Summary::default();
-    for s in summaries.lock().expect("summaries lock").iter() {
-        total.add(s);
-    }
-    total.elapsed = started.elapsed();
+    let total = Summary::total(&summaries.lock().expect("summaries lock"), started.elapsed());
     Ok(total)
 }
 

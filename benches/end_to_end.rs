@@ -37,6 +37,7 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
         verdicts: OutputSpec::Null,
         commitments: OutputSpec::Null,
         dead_letters: OutputSpec::Null,
+        stats: OutputSpec::Null,
     };
     let cluster = Cluster {
         workers,
@@ -51,11 +52,11 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
     let s = run(
         cluster,
         pipeline,
-        cfg.pipeline.epoch_records,
-        cfg.pipeline.max_inflight_epochs,
+        cfg.pipeline.clone(),
         source,
         outputs,
         Arc::new(AtomicU64::new(0)),
+        bizra::telemetry::Telemetry::new(None, cfg.stats.clone()),
     )
     .expect("run succeeds");
     assert_eq!(s.observations(), count);

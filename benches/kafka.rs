@@ -1,6 +1,8 @@
 //! End-to-end Kafka throughput against a passthrough baseline, and verdict latency at half
 //! the maximum rate. Needs the test broker (`scripts/tansu`) and a release build of bizra.
-//! Run: `cargo bench --bench kafka` (N with `BIZRA_BENCH_N`, default 200000).
+//! Run: `cargo bench --bench kafka` (N with `BIZRA_BENCH_N`, default 200000; producer
+//! compression with `BIZRA_BENCH_COMPRESSION`, default lz4; `BIZRA_BENCH_LATENCY=0` skips
+//! the latency phase; extra `[kafka]` keys with `BIZRA_BENCH_KAFKA`).
 //!
 //! 1. A tansu broker with memory storage (fast; we only read from the start) on a free port.
 //! 2. N generated observations are preloaded into an 8-partition topic.
@@ -50,13 +52,19 @@ fn topic(port: u16, name: &str, partitions: i32) {
     assert!(ok, "create topic {name}");
 }
 
+/// The producers' compression, for passthrough and bizra alike (`BIZRA_BENCH_COMPRESSION`,
+/// default lz4 as in bizra).
+fn compression() -> String {
+    std::env::var("BIZRA_BENCH_COMPRESSION").unwrap_or_else(|_| "lz4".into())
+}
+
 fn producer(addr: &str) -> BaseProducer {
     ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("compression.type", "lz4")
+        .set("compression.type", compression())
         .set("queue.buffering.max.messages", "100000")
         .create()
         .unwrap()
@@ -158,7 +166,12 @@ fn bizra(addr: &str, group: &str, input: &str) -> Child {
     let extra = std::env::var("BIZRA_BENCH_KAFKA")
         .unwrap_or_default()
         .replace(';', "\n");
-    std::fs::write(&cfg, format!("[kafka]\ninput_topic = \"{input}\"\n{extra}\n")).unwrap();
+    let compression = compression();
+    std::fs::write(
+        &cfg,
+        format!("[kafka]\ninput_topic = \"{input}\"\n{extra}\n[kafka.producer_options]\n\"compression.type\" = \"{compression}\"\n"),
+    )
+    .unwrap();
     Command::new(bin)
         .args([
             "run",
@@ -210,7 +223,13 @@ fn main() {
     }
     topic(port, "bench.in", PARTITIONS);
     topic(port, "bench.live", PARTITIONS);
-    for t in ["bench.out", "bizra.verdicts", "bizra.commitments", "bizra.dlq"] {
+    for t in [
+        "bench.out",
+        "bizra.verdicts",
+        "bizra.commitments",
+        "bizra.dlq",
+        "bizra.stats",
+    ] {
         topic(port, t, 1);
     }
 
@@ -243,22 +262,31 @@ fn main() {
         base.as_secs_f64()
     );
 
-    let mut verdicts = Counter::new(&addr, "bizra.verdicts", 0);
     let started = Instant::now();
     let run = bizra(&addr, "bench-throughput", "bench.in");
+    // bizra commits input offsets only once every output derived from them is acknowledged,
+    // so "all offsets committed" is "the last verdict is acknowledged".
+    wait_committed(&addr, "bench-throughput", "bench.in", n, Duration::from_secs(600));
+    let took = started.elapsed();
+    stop(run);
+    let mut verdicts = Counter::new(&addr, "bizra.verdicts", 0);
     assert!(
-        verdicts.wait_for(n, Duration::from_secs(600)),
+        verdicts.wait_for(n, Duration::from_secs(120)),
         "bizra produced {} of {n} verdicts",
         verdicts.seen
     );
-    let took = started.elapsed();
-    stop(run);
     let rate = n as f64 / took.as_secs_f64();
     println!(
         "bizra -w 2: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
         took.as_secs_f64(),
         rate / base_rate
     );
+
+    if std::env::var("BIZRA_BENCH_LATENCY").as_deref() == Ok("0") {
+        let _ = broker.kill();
+        let _ = broker.wait();
+        return;
+    }
 
     // Latency at half the measured rate, for 20 s.
     let live_rate = rate / 2.0;
@@ -319,6 +347,39 @@ fn main() {
     );
     let _ = broker.kill();
     let _ = broker.wait();
+}
+
+/// Waits until `group` has committed offsets summing to `n` over the partitions of `topic`.
+fn wait_committed(addr: &str, group: &str, topic: &str, n: usize, timeout: Duration) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let done: i64 = c
+            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            .map(|t| {
+                t.elements()
+                    .iter()
+                    .map(|e| match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        if done as usize >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "bizra committed {done} of {n} offsets");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Message timestamps of the live input topic.

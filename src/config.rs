@@ -23,6 +23,10 @@ pub struct Config {
     pub pipeline: PipelineSettings,
     #[serde(default)]
     pub kafka: crate::kafka::KafkaConfig,
+    #[serde(default)]
+    pub stats: bizra_dataflows::stats::StatsConfig,
+    #[serde(default)]
+    pub health: crate::health::HealthConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -144,6 +148,12 @@ impl Config {
                 "pipeline.epoch_records and pipeline.max_inflight_epochs: expected at least 1".into(),
             );
         }
+        self.stats.validate().map_err(|m| format!("stats: {m}"))?;
+        if let Some(k) = self.kafka.protected_option() {
+            return Err(format!(
+                "kafka options \"{k}\": bizra sets this librdkafka option itself for its delivery guarantee; use the [kafka] keys instead"
+            ));
+        }
         Ok(())
     }
 }
@@ -205,5 +215,8 @@ mod tests {
         std::fs::write(&p, "[verification]\nbatch_size = 0\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("batch_size"), "{e}");
+        std::fs::write(&p, "[kafka.producer_options]\n\"acks\" = \"1\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("\"acks\"") && e.contains("delivery guarantee"), "{e}");
     }
 }

@@ -12,7 +12,11 @@
 
 pub mod config;
 pub mod gen;
+pub mod health;
+pub mod http;
 pub mod io;
 pub mod kafka;
+pub mod metrics;
 pub mod run;
+pub mod telemetry;
 pub mod verify_cmd;

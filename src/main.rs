@@ -88,6 +88,13 @@ struct RunArgs {
     /// Write dead letters (JSONL) here; without it they are counted, not written.
     #[arg(long)]
     dlq: Option<PathBuf>,
+    /// Write window statistics (JSONL, SPEC §1.5) here; without it they are computed for
+    /// the metrics only. In Kafka mode they go to `kafka.stats_topic`.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
+    /// Serve /metrics, /healthz, /readyz and /pubkey on this address (e.g. 0.0.0.0:9100).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
     /// Generate N observations in-process instead of reading input.
     #[arg(long, value_name = "N")]
     gen: Option<u64>,
@@ -325,6 +332,26 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => Source::Lines(InputSpec::parse(&a.input)),
     };
+    let pubkey = base64::engine::general_purpose::STANDARD.encode(signing_key.verifying_key().as_bytes());
+    // Ops endpoints first: a bad --http fails before any work starts.
+    let started: bizra::telemetry::Ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let metrics = match &a.http {
+        Some(addr) => {
+            let registry = prometheus::Registry::new();
+            let mut domains = cfg.stats.domains.clone();
+            domains.push(bizra_dataflows::stats::OTHER_DOMAIN.into());
+            let metrics = Arc::new(
+                bizra::metrics::Metrics::register(&registry, &domains, &policy.version())
+                    .context("registering metrics")?,
+            );
+            let ops = bizra::http::Ops::new(registry, pubkey.clone());
+            bizra::http::serve(addr, ops.clone())?;
+            bizra::telemetry::spawn_ops_thread(ops, metrics.clone(), cfg.health.clone(), started.clone());
+            Some(metrics)
+        }
+        None => None,
+    };
+    let telemetry = bizra::telemetry::Telemetry::new(metrics, cfg.stats.clone());
     let mut run_id = [0u8; 8];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut run_id);
     let pipeline = PipelineConfig {
@@ -365,25 +392,29 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 .clone()
                 .map_or(OutputSpec::Discard, OutputSpec::File),
             dead_letters: a.dlq.clone().map_or(OutputSpec::Discard, OutputSpec::File),
+            stats: a.stats.clone().map_or(OutputSpec::Discard, OutputSpec::File),
         };
+        started.store(true, Ordering::Relaxed);
         run::run(
             cluster,
             pipeline,
-            cfg.pipeline.epoch_records,
-            cfg.pipeline.max_inflight_epochs,
+            cfg.pipeline.clone(),
             source,
             outputs,
             progress,
+            telemetry,
         )
     } else {
-        if a.gen.is_some() || a.input != "-" {
-            anyhow::bail!("--gen and --input read local input; they cannot be combined with --brokers");
+        if a.gen.is_some() || a.input != "-" || a.stats.is_some() {
+            anyhow::bail!(
+                "--gen, --input and --stats are for local files; with --brokers, statistics go to kafka.stats_topic"
+            );
         }
         let shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
         }
-        bizra::kafka::run(cluster, pipeline, kafka, shutdown, progress)
+        bizra::kafka::run(cluster, pipeline, kafka, shutdown, progress, telemetry, started)
     };
     if let Some((bar, stop, handle)) = bar {
         stop.store(u64::MAX, Ordering::Relaxed);

@@ -28,8 +28,11 @@ use timely::dataflow::operators::Exchange;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
 
+use crate::config::PipelineSettings;
 use crate::gen::Generator;
 use crate::io::{spawn_reader, spawn_writer, ChunkReceiver, InputSpec, OutputSpec};
+use crate::telemetry::{Telemetry, WorkerTelemetry};
+use bizra_dataflows::stats::WindowStats;
 
 /// Where records come from.
 pub enum Source {
@@ -91,11 +94,13 @@ impl Cluster {
     }
 }
 
-/// The three outputs of embedded mode.
+/// The outputs of embedded mode.
 pub struct Outputs {
     pub verdicts: OutputSpec,
     pub commitments: OutputSpec,
     pub dead_letters: OutputSpec,
+    /// Window statistics (SPEC §1.5), one JSON line per window and key.
+    pub stats: OutputSpec,
 }
 
 /// Counts for the closing summary.
@@ -223,11 +228,12 @@ impl Summary {
 const VERDICT: u8 = 0;
 const COMMITMENT: u8 = 1;
 const DEAD_LETTER: u8 = 2;
+const STATS: u8 = 3;
 
 /// Lines waiting for the writer threads, per worker.
 struct Outbox {
-    senders: [Option<SyncSender<Vec<u8>>>; 3],
-    bufs: [Vec<u8>; 3],
+    senders: [Option<SyncSender<Vec<u8>>>; 4],
+    bufs: [Vec<u8>; 4],
     queued: VecDeque<(u8, Vec<u8>)>,
 }
 
@@ -258,6 +264,15 @@ impl Outbox {
         self.end_line(kind);
     }
 
+    /// Serializes one window-statistics record into the stats buffer.
+    fn write_stats(&mut self, w: &WindowStats) {
+        if self.senders[STATS as usize].is_none() {
+            return;
+        }
+        serde_json::to_writer(&mut self.bufs[STATS as usize], w).expect("window stats serialize");
+        self.end_line(STATS);
+    }
+
     fn end_line(&mut self, kind: u8) {
         let buf = &mut self.bufs[kind as usize];
         buf.push(b'\n');
@@ -270,7 +285,7 @@ impl Outbox {
     /// Hands buffered lines to the writers; returns false if a writer is gone.
     fn flush(&mut self, all: bool) -> bool {
         if all {
-            for kind in 0..3u8 {
+            for kind in 0..4u8 {
                 let buf = std::mem::take(&mut self.bufs[kind as usize]);
                 if !buf.is_empty() {
                     self.queued.push_back((kind, buf));
@@ -302,24 +317,30 @@ impl Outbox {
 pub fn run(
     cluster: Cluster,
     cfg: PipelineConfig,
-    epoch_records: usize,
-    max_inflight: u64,
+    pacing: PipelineSettings,
     source: Source,
     outputs: Outputs,
     progress: Arc<AtomicU64>,
+    telemetry: Telemetry,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    let (epoch_records, max_inflight) = (pacing.epoch_records, pacing.max_inflight_epochs);
     let timely_cfg = cluster.timely_config()?;
     let is_first_process = cluster.process == 0;
     let multi = cluster.processes > 1;
 
     // Outputs live in process 0; other processes route their lines there.
     let mut handles = Vec::new();
-    let mut senders: [Option<SyncSender<Vec<u8>>>; 3] = [None, None, None];
+    let mut senders: [Option<SyncSender<Vec<u8>>>; 4] = [None, None, None, None];
     if is_first_process {
-        for (i, spec) in [outputs.verdicts, outputs.commitments, outputs.dead_letters]
-            .into_iter()
-            .enumerate()
+        for (i, spec) in [
+            outputs.verdicts,
+            outputs.commitments,
+            outputs.dead_letters,
+            outputs.stats,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let (tx, h) = spawn_writer(spec)?;
             senders[i] = tx;
@@ -359,6 +380,8 @@ pub fn run(
             queued: VecDeque::new(),
         }));
         let is_reader = generator.is_none() && index == 0;
+        let tel = Rc::new(RefCell::new(WorkerTelemetry::new(worker, &telemetry)));
+        let observer = tel.borrow().observer();
 
         worker.dataflow::<u64, _, _>(|scope| {
             let raw: StreamVec<u64, RawRecord> = scope.input_from(&mut input).container::<Vec<_>>();
@@ -368,10 +391,12 @@ pub fn run(
             } else {
                 raw
             };
-            let out = pipeline::build(raw, &cfg);
+            let out = pipeline::build(raw, &cfg, observer);
             let counts = summary.clone();
+            let tel = tel.clone();
             let out = out.map(move |o| {
                 counts.borrow_mut().count(&o);
+                tel.borrow_mut().output(&o);
                 o
             });
             if multi {
@@ -406,6 +431,7 @@ pub fn run(
                 if let (Some(g), Some(n)) = (&generator, count) {
                     // Epoch k holds positions [k·E·P, (k+1)·E·P); this worker takes i ≡ index (mod P).
                     let now = wall_ms();
+                    let before = next_rank;
                     for _ in 0..epoch_records {
                         let i = next_rank * peers as u64 + index as u64;
                         if i >= n {
@@ -425,6 +451,7 @@ pub fn run(
                             oversize: None,
                         });
                     }
+                    tel.borrow().read((next_rank - before) as usize);
                     epoch += 1;
                     handle.advance_to(epoch);
                     fed = true;
@@ -434,6 +461,7 @@ pub fn run(
                 } else if let Some(rx) = &rx {
                     match rx.try_recv() {
                         Ok(Ok(chunk)) => {
+                            tel.borrow().read(chunk.len());
                             for r in chunk {
                                 handle.send(r);
                             }
@@ -460,7 +488,11 @@ pub fn run(
             } else {
                 Some(Duration::from_millis(1))
             });
-            let finished = input.is_none() && probe.done();
+            let drained = input.is_none() && probe.done();
+            for w in tel.borrow_mut().tick(drained) {
+                outbox.borrow_mut().write_stats(&w);
+            }
+            let finished = drained && tel.borrow().done();
             if !outbox.borrow_mut().flush(finished) {
                 worker_errors
                     .lock()

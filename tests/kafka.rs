@@ -113,7 +113,7 @@ impl Drop for Broker {
 
 fn topics(b: &Broker, input_partitions: u32) {
     b.create_topic("bizra.observations", input_partitions);
-    for t in ["bizra.verdicts", "bizra.commitments", "bizra.dlq"] {
+    for t in ["bizra.verdicts", "bizra.commitments", "bizra.dlq", "bizra.stats"] {
         b.create_topic(t, 1);
     }
 }
@@ -302,7 +302,8 @@ fn round_trip_with_bad_records_and_graceful_stop() {
     let lines = generated(10_000, 0.05, true);
     produce(&broker, &lines, 8);
 
-    let mut run = bizra(&broker, dir.path(), &["-w", "2"]);
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut run = bizra(&broker, dir.path(), &["-w", "2", "--http", &http]);
     let expected_bad = lines
         .iter()
         .filter(|l| bizra_dataflows::decode::decode(l, &Default::default()).is_err())
@@ -319,8 +320,19 @@ fn round_trip_with_bad_records_and_graceful_stop() {
         |v| v.len() >= expected_bad,
         Duration::from_secs(30),
     );
-    // Let the last epochs' offsets be committed, then stop.
-    std::thread::sleep(Duration::from_secs(1));
+    // Let the last epochs' offsets be committed and the metrics flushed, then scrape.
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = crate::common::scrape(&http);
+    let m = |name: &str| metrics.get(name).copied().unwrap_or(-1.0);
+    assert_eq!(m("bizra_source_observations_total"), 10_000.0);
+    assert_eq!(m("bizra_sink_verdicts_total"), (10_000 - expected_bad) as f64);
+    assert_eq!(m("bizra_sink_dead_letters_total"), expected_bad as f64);
+    assert_eq!(
+        m("bizra_pipeline_end_to_end_latency_seconds_count"),
+        (10_000 - expected_bad) as f64
+    );
+    assert_eq!(m("bizra_kafka_consumer_lag_records"), 0.0, "all committed");
+    assert_eq!(m("bizra_kafka_circuit_breaker_state"), 0.0);
     let status = sigterm(&mut run);
     let stderr = String::from_utf8_lossy(&run.wait_with_output().unwrap().stderr).into_owned();
     assert!(status.success(), "exit {status}: {stderr}");
@@ -336,6 +348,24 @@ fn round_trip_with_bad_records_and_graceful_stop() {
 
     let commitments = read_to_end(&broker, "bizra.commitments");
     verify(dir.path(), &pubkey, &verdicts, &commitments);
+
+    // Window statistics: after the stop every window is closed and written; their counts
+    // add up to the verdicts times the windows each verdict falls in (60 s / 10 s).
+    // Late samples (event time behind the watermark) are counted instead.
+    let late = m("bizra_stats_late_samples_total") as u64;
+    let stats = read_to_end(&broker, "bizra.stats");
+    let counted: u64 = stats.iter().map(|w| w["count"].as_u64().unwrap()).sum();
+    assert_eq!(
+        counted,
+        6 * (verdicts.len() as u64 - late),
+        "{} window records, {late} late",
+        stats.len()
+    );
+    // The generator dates 30 % of records months back; the rest take the message time.
+    assert!(
+        counted > 0 && late < verdicts.len() as u64 / 2,
+        "{late} late samples"
+    );
 
     // (e) committed offsets = last offset + 1 = 1250 per partition.
     let c = committed(&broker, "bizra", 8);

@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod record;
 pub mod snr;
+pub mod stats;
 pub mod value;
 pub mod verdict;
 pub mod verification;

@@ -18,7 +18,7 @@ use crate::decode::{decode, Limits};
 use crate::observation::{InputRef, Origin};
 use crate::operators::commit::{commit, Output};
 use crate::operators::verify::verify;
-use crate::operators::wall_ms;
+use crate::operators::{timed_map, wall_ms, Observer, Stage};
 use crate::policy::Policy;
 use crate::record::{Decoded, Scored};
 use crate::verdict::assess;
@@ -86,15 +86,23 @@ pub fn decode_record(
     }
 }
 
-/// Builds the decision dataflow over `raw` and returns everything to write.
-pub fn build<'s>(raw: StreamVec<'s, u64, RawRecord>, cfg: &PipelineConfig) -> StreamVec<'s, u64, Output> {
+/// Builds the decision dataflow over `raw` and returns everything to write. `observer`, if
+/// any, is told each stage's time per batch of records.
+pub fn build<'s>(
+    raw: StreamVec<'s, u64, RawRecord>,
+    cfg: &PipelineConfig,
+    observer: Observer,
+) -> StreamVec<'s, u64, Output> {
     let limits = cfg.limits.clone();
     let max_message_bytes = cfg.max_message_bytes;
     let (decoded, dead): (StreamVec<'s, u64, Box<Decoded>>, StreamVec<'s, u64, DeadLetter>) =
-        raw.ok_err(move |r| decode_record(r, &limits, max_message_bytes));
+        timed_map(raw, Stage::Decode, observer.clone(), move |r| {
+            decode_record(r, &limits, max_message_bytes)
+        })
+        .ok_err(|r| r);
 
     let conv_policy = cfg.policy.convergence.clone();
-    let scored = decoded.map(move |d| {
+    let scored = timed_map(decoded, Stage::Score, observer.clone(), move |d| {
         let convergence = converge(&d.obs, &conv_policy);
         Scored {
             decoded: d,
@@ -102,11 +110,13 @@ pub fn build<'s>(raw: StreamVec<'s, u64, RawRecord>, cfg: &PipelineConfig) -> St
         }
     });
 
-    let checked = verify(scored, cfg.verify.clone(), cfg.keyring.clone());
+    let checked = verify(scored, cfg.verify.clone(), cfg.keyring.clone(), observer.clone());
 
     let policy = cfg.policy.clone();
     let version: Arc<str> = policy.version().into();
-    let assessed = checked.map(move |e| e.map(|c| assess(c, &policy, &version)));
+    let assessed = timed_map(checked, Stage::Assess, observer.clone(), move |e| {
+        e.map(|c| assess(c, &policy, &version))
+    });
 
-    commit(assessed, cfg.run, cfg.signing_key.clone()).concat(dead.map(Output::DeadLetter))
+    commit(assessed, cfg.run, cfg.signing_key.clone(), observer).concat(dead.map(Output::DeadLetter))
 }

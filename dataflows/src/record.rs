@@ -42,6 +42,8 @@ pub struct Seal {
     pub tier: Tier,
     pub seq: u64,
     pub size: u32,
+    /// How long the batch was open (ms), for the seal-time metric; not part of any output.
+    pub open_ms: u64,
 }
 
 /// What the verification operator emits, in order, per worker.

@@ -75,6 +75,12 @@ pub struct Verdict {
     /// `sha256:<hex>` of the payload: with the fields above it rebuilds the Merkle leaf, so a
     /// verdict can be checked against its commitment without the original payload.
     pub payload_digest: String,
+    /// Event time of the observation (ms): keys the window statistics; not on the wire.
+    #[serde(skip)]
+    pub event_ms: i64,
+    /// `context.domain` of the observation, if any: keys the window statistics; not on the wire.
+    #[serde(skip)]
+    pub domain: Option<String>,
 }
 
 impl Verdict {
@@ -143,6 +149,8 @@ pub fn assess(c: Checked, policy: &Policy, policy_version: &str) -> Assessed {
         proof: None,
         latency_ms: 0.0,
         payload_digest: format!("sha256:{}", hex::encode(obs.payload_sha256)),
+        event_ms: scored.decoded.origin.event_ms,
+        domain: obs.context.domain.clone(),
     });
     let leaf = verdict.leaf_fields(&obs.payload_sha256).hash();
     Assessed {

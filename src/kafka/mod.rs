@@ -34,6 +34,8 @@ pub struct KafkaConfig {
     pub verdicts_topic: String,
     pub commitments_topic: String,
     pub dlq_topic: String,
+    /// Window statistics (SPEC §1.5).
+    pub stats_topic: String,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub start_offset: String,
     /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (TLS via the system OpenSSL; SASL PLAIN/SCRAM).
@@ -53,8 +55,12 @@ pub struct KafkaConfig {
     /// Ticks a worker may read ahead of the acknowledged output before it pauses.
     pub max_inflight_ticks: u64,
     pub breaker: BreakerConfig,
-    /// Passed to librdkafka as given (both consumer and producer), e.g. `"fetch.min.bytes" = "1"`.
+    /// Passed to librdkafka as given, to consumers and producers, e.g. `"socket.nagle.disable" = "true"`.
     pub options: std::collections::BTreeMap<String, String>,
+    /// Passed to the consumers only, e.g. `"fetch.wait.max.ms" = "50"`.
+    pub consumer_options: std::collections::BTreeMap<String, String>,
+    /// Passed to the producers only, e.g. `"compression.type" = "zstd"`.
+    pub producer_options: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -66,6 +72,7 @@ impl Default for KafkaConfig {
             verdicts_topic: "bizra.verdicts".into(),
             commitments_topic: "bizra.commitments".into(),
             dlq_topic: "bizra.dlq".into(),
+            stats_topic: "bizra.stats".into(),
             start_offset: "earliest".into(),
             security_protocol: "plaintext".into(),
             sasl_mechanism: String::new(),
@@ -79,11 +86,36 @@ impl Default for KafkaConfig {
             max_inflight_ticks: 50,
             breaker: BreakerConfig::default(),
             options: Default::default(),
+            consumer_options: Default::default(),
+            producer_options: Default::default(),
         }
     }
 }
 
 impl KafkaConfig {
+    /// Applies the `options` passthrough map last, so that it overrides bizra's defaults
+    /// (the delivery-contract keys are rejected at config load, `PROTECTED_OPTIONS`).
+    pub fn with_options(&self, mut c: rdkafka::ClientConfig, producer: bool) -> rdkafka::ClientConfig {
+        let own = if producer {
+            &self.producer_options
+        } else {
+            &self.consumer_options
+        };
+        for (k, v) in self.options.iter().chain(own) {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The first passthrough key that bizra does not let the options change, if any.
+    pub fn protected_option(&self) -> Option<&str> {
+        [&self.options, &self.consumer_options, &self.producer_options]
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .map(String::as_str)
+            .find(|k| PROTECTED_OPTIONS.contains(k))
+    }
+
     /// The librdkafka settings common to consumers and producers.
     pub fn client_config(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
@@ -99,14 +131,25 @@ impl KafkaConfig {
                 c.set(k, v);
             }
         }
-        for (k, v) in &self.options {
-            c.set(k, v);
-        }
         c
     }
 }
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+/// librdkafka settings the delivery contract depends on (SPEC §4): `[kafka.options]` may not
+/// change them.
+pub const PROTECTED_OPTIONS: &[&str] = &[
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+];
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -118,8 +161,10 @@ use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::run::{Cluster, Summary};
+use crate::telemetry::{Ready, Telemetry, WorkerTelemetry};
 use breaker::Breaker;
 use offsets::OffsetTracker;
+use rdkafka::producer::Producer;
 
 /// Runs the pipeline on Kafka until `shutdown` is set, then drains, flushes and commits.
 pub fn run(
@@ -128,9 +173,12 @@ pub fn run(
     kafka: KafkaConfig,
     shutdown: Arc<AtomicBool>,
     progress: Arc<AtomicU64>,
+    telemetry: Telemetry,
+    ready: Ready,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let partitions = source::partition_count(&kafka)?;
+    let assigned = Arc::new(AtomicUsize::new(0));
     tracing::info!(brokers = %kafka.brokers, topic = %kafka.input_topic, partitions, group = %kafka.group_id, "kafka source");
     let timely_cfg = cluster.timely_config()?;
     let summaries = Arc::new(Mutex::new(Vec::<Summary>::new()));
@@ -138,7 +186,18 @@ pub fn run(
     let (worker_summaries, worker_errors) = (summaries.clone(), errors.clone());
 
     let guards = timely::execute(timely_cfg, move |worker| {
-        let result = worker_loop(worker, &cfg, &kafka, partitions, &shutdown, &progress);
+        let control = Control {
+            shutdown: &shutdown,
+            progress: &progress,
+            telemetry: &telemetry,
+            on_assigned: &|| {
+                // Ready once every worker of this process has its partitions.
+                if assigned.fetch_add(1, Ordering::Relaxed) + 1 == cluster.workers {
+                    ready.store(true, Ordering::Relaxed);
+                }
+            },
+        };
+        let result = worker_loop(worker, &cfg, &kafka, partitions, &control);
         match result {
             Ok(s) => worker_summaries.lock().expect("summaries lock").push(s),
             Err(e) => {
@@ -158,27 +217,50 @@ pub fn run(
     Ok(total)
 }
 
+/// What a worker shares with the rest of the process.
+struct Control<'a> {
+    /// Set by SIGTERM/SIGINT.
+    shutdown: &'a AtomicBool,
+    /// Observations out, for the progress display.
+    progress: &'a AtomicU64,
+    telemetry: &'a Telemetry,
+    /// Called once the worker's partitions are assigned.
+    on_assigned: &'a dyn Fn(),
+}
+
 fn worker_loop(
     worker: &mut timely::worker::Worker,
     cfg: &PipelineConfig,
     kafka: &KafkaConfig,
     partitions: i32,
-    shutdown: &AtomicBool,
-    progress: &AtomicU64,
+    control: &Control<'_>,
 ) -> anyhow::Result<Summary> {
+    let Control {
+        shutdown,
+        progress,
+        telemetry,
+        on_assigned,
+    } = *control;
     let index = worker.index();
     let peers = worker.peers();
     let mine = source::assigned(partitions, index, peers);
     let thread = std::thread::current();
-    let mut src = source::Source::new(kafka, &mine, cfg.max_message_bytes, move || thread.unpark())?;
+    let metrics = telemetry.metrics.clone();
+    let mut src = source::Source::new(kafka, &mine, cfg.max_message_bytes, metrics.clone(), move || {
+        thread.unpark()
+    })?;
     let (producer, acks) = sink::producer(kafka)?;
     let breaker = Breaker::new(kafka.breaker.clone());
     let topics = [
         kafka.verdicts_topic.clone(),
         kafka.commitments_topic.clone(),
         kafka.dlq_topic.clone(),
+        kafka.stats_topic.clone(),
     ];
     tracing::info!(worker = index, partitions = ?mine, "assigned");
+    on_assigned();
+    let tel = Rc::new(RefCell::new(WorkerTelemetry::new(worker, telemetry)));
+    let observer = tel.borrow().observer();
 
     let mut input = InputHandle::<u64, timely::container::CapacityContainerBuilder<Vec<RawRecord>>>::new();
     let probe = ProbeHandle::new();
@@ -187,8 +269,10 @@ fn worker_loop(
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = scope.input_from(&mut input).container::<Vec<_>>();
         let counts = summary.clone();
-        let out = pipeline::build(raw, cfg).map(move |o| {
+        let tel = tel.clone();
+        let out = pipeline::build(raw, cfg, observer).map(move |o| {
             counts.borrow_mut().count(&o);
+            tel.borrow_mut().output(&o);
             o
         });
         sink::sink(out, outbox.clone()).probe_with(&probe);
@@ -231,6 +315,7 @@ fn worker_loop(
                     }
                     h.send(r);
                 })?;
+                tel.borrow().read(read);
             }
         }
         let park = if read > 0 {
@@ -240,11 +325,30 @@ fn worker_loop(
         };
         worker.step_or_park(park);
 
+        let drained = input.is_none() && probe.done();
         {
             let mut ob = outbox.borrow_mut();
+            for w in tel.borrow_mut().tick(drained) {
+                ob.push_stats(&w);
+            }
             ob.flush(&producer, &topics, &breaker, now_ms);
             producer.poll(Duration::ZERO);
-            ob.apply(&acks, &breaker, now_ms);
+            let failed = ob.apply(&acks, &breaker, now_ms).1;
+            if let Some(m) = &metrics {
+                m.delivery_failures.inc_by(failed as u64);
+                if index == 0 {
+                    // Worker 0 reports the gauges as it sees them.
+                    m.circuit_state.set(match breaker.state() {
+                        breaker::State::Closed => 0,
+                        breaker::State::HalfOpen => 1,
+                        breaker::State::Open => 2,
+                    });
+                    let delivered = probe.with_frontier(|f| f.first().copied().unwrap_or(tick));
+                    m.inflight_epochs.set(tick.saturating_sub(delivered) as i64);
+                    m.producer_queue
+                        .set((ob.queued() as i64) + i64::from(producer.in_flight_count()));
+                }
+            }
             if let Some(e) = &ob.fatal {
                 bail!("{e}; offsets after the last committed ones will be read again on restart");
             }
@@ -257,7 +361,7 @@ fn worker_loop(
         progress.fetch_add(out_now - reported, Ordering::Relaxed);
         reported = out_now;
 
-        if input.is_none() && probe.done() && outbox.borrow().is_empty() {
+        if drained && tel.borrow().done() && outbox.borrow().is_empty() {
             break;
         }
         if let Some(at) = shutdown_at {

@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
+use bizra_dataflows::dead_letter::DeadLetter;
 use bizra_dataflows::operators::commit::Output;
+use bizra_dataflows::stats::WindowStats;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -53,43 +55,73 @@ impl ProducerContext for DeliveryContext {
 /// Creates the idempotent producer and the receiver of its delivery reports.
 pub fn producer(cfg: &KafkaConfig) -> anyhow::Result<(BaseProducer<DeliveryContext>, Receiver<Ack>)> {
     let (tx, rx) = channel();
-    let p = cfg
-        .client_config()
-        .set("enable.idempotence", "true")
+    let mut c = cfg.client_config();
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         // Never give up on a record: a lost broker is backpressure, not loss.
         .set("message.timeout.ms", "0")
         .set("linger.ms", "5")
         // Verdict JSON is ~2 KB and compresses ~4×: the broker's bytes are the bottleneck.
         .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "100000")
+        .set("queue.buffering.max.messages", "100000");
+    let p = cfg
+        .with_options(c, true)
         .create_with_context(DeliveryContext { acks: Mutex::new(tx) })
         .context("creating the Kafka producer")?;
     Ok((p, rx))
 }
 
-/// A record waiting to be handed to the producer.
+/// A record waiting to be handed to the producer; serialized only when it is handed over,
+/// into one reused buffer (librdkafka copies it).
 pub struct Pending {
     tick: u64,
-    topic: u8,
-    key: Option<String>,
-    payload: Vec<u8>,
-    headers: Option<OwnedHeaders>,
+    out: Output,
 }
 
-const VERDICTS: u8 = 0;
-const COMMITMENTS: u8 = 1;
-const DLQ: u8 = 2;
+const VERDICTS: usize = 0;
+const COMMITMENTS: usize = 1;
+const DLQ: usize = 2;
+const STATS: usize = 3;
+/// The delivery opaque of window-statistics records: they belong to no tick (their windows
+/// are recomputed from the input after a restart), but are still flushed before exit.
+const STATS_TICK: usize = usize::MAX;
 
 /// Per-worker state shared by the sink operator and the worker loop.
 pub struct Outbox {
     queue: VecDeque<Pending>,
     /// Unacknowledged records per tick (queued or in the producer).
     unacked: BTreeMap<u64, u64>,
+    /// Window statistics waiting for the producer.
+    stats: VecDeque<WindowStats>,
+    /// Window statistics handed to the producer and not yet acknowledged.
+    stats_unacked: u64,
+    /// Serialization buffer, reused for every record.
+    scratch: Vec<u8>,
     /// Wakes the sink operator when acknowledgements arrive.
     pub activator: Option<Activator>,
     /// A delivery failed definitely: stop, commit nothing more.
     pub fatal: Option<String>,
+}
+
+/// The provenance headers of a dead letter (SPEC §1.4).
+fn dead_letter_headers(d: &DeadLetter) -> OwnedHeaders {
+    let (t, p, off) = match &d.input {
+        Some(i) => (i.topic.clone(), i.partition.to_string(), i.offset.to_string()),
+        None => (String::new(), String::new(), String::new()),
+    };
+    [
+        ("bizra.error", d.error.as_str()),
+        ("bizra.source.topic", &t),
+        ("bizra.source.partition", &p),
+        ("bizra.source.offset", &off),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new(), |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
 }
 
 impl Outbox {
@@ -97,71 +129,39 @@ impl Outbox {
         Rc::new(RefCell::new(Outbox {
             queue: VecDeque::new(),
             unacked: BTreeMap::new(),
+            stats: VecDeque::new(),
+            stats_unacked: 0,
+            scratch: Vec::with_capacity(4096),
             activator: None,
             fatal: None,
         }))
     }
 
-    fn push(&mut self, tick: u64, o: &Output) {
-        let (topic, key, headers) = match o {
-            Output::Verdict(v) => (VERDICTS, Some(v.id.clone()), None),
-            Output::Commitment(_) => (COMMITMENTS, None, None),
-            Output::DeadLetter(d) => {
-                let (t, p, off) = match &d.input {
-                    Some(i) => (i.topic.clone(), i.partition.to_string(), i.offset.to_string()),
-                    None => (String::new(), String::new(), String::new()),
-                };
-                let h = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "bizra.error",
-                        value: Some(d.error.as_str()),
-                    })
-                    .insert(Header {
-                        key: "bizra.source.topic",
-                        value: Some(&t),
-                    })
-                    .insert(Header {
-                        key: "bizra.source.partition",
-                        value: Some(&p),
-                    })
-                    .insert(Header {
-                        key: "bizra.source.offset",
-                        value: Some(&off),
-                    });
-                (DLQ, None, Some(h))
-            }
-        };
-        let payload = match o {
-            Output::Verdict(v) => serde_json::to_vec(v),
-            Output::Commitment(c) => serde_json::to_vec(c),
-            Output::DeadLetter(d) => serde_json::to_vec(d),
-        }
-        .expect("output records serialize");
+    fn push(&mut self, tick: u64, out: Output) {
         *self.unacked.entry(tick).or_default() += 1;
-        self.queue.push_back(Pending {
-            tick,
-            topic,
-            key,
-            payload,
-            headers,
-        });
+        self.queue.push_back(Pending { tick, out });
+    }
+
+    /// Queues one window-statistics record for the stats topic.
+    pub fn push_stats(&mut self, w: &WindowStats) {
+        self.stats.push_back(w.clone());
     }
 
     /// Records not yet handed to the producer.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.stats.len()
     }
 
     /// True when nothing is queued or unacknowledged.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.unacked.is_empty()
+        self.queue.is_empty() && self.unacked.is_empty() && self.stats.is_empty() && self.stats_unacked == 0
     }
 
     /// Hands queued records to the producer until it is full or the breaker says no.
     pub fn flush(
         &mut self,
         producer: &BaseProducer<DeliveryContext>,
-        topics: &[String; 3],
+        topics: &[String; 4],
         breaker: &Breaker,
         now_ms: u64,
     ) {
@@ -169,13 +169,27 @@ impl Outbox {
             if !breaker.allow(now_ms) {
                 return;
             }
-            let mut rec =
-                BaseRecord::with_opaque_to(&topics[p.topic as usize], p.tick as usize).payload(&p.payload);
-            if let Some(k) = &p.key {
-                rec = rec.key(k.as_str());
+            self.scratch.clear();
+            let (topic, key, headers) = match &p.out {
+                Output::Verdict(v) => {
+                    serde_json::to_writer(&mut self.scratch, v).expect("verdicts serialize");
+                    (VERDICTS, Some(v.id.as_str()), None)
+                }
+                Output::Commitment(c) => {
+                    serde_json::to_writer(&mut self.scratch, c).expect("commitments serialize");
+                    (COMMITMENTS, None, None)
+                }
+                Output::DeadLetter(d) => {
+                    serde_json::to_writer(&mut self.scratch, d).expect("dead letters serialize");
+                    (DLQ, None, Some(dead_letter_headers(d)))
+                }
+            };
+            let mut rec = BaseRecord::with_opaque_to(&topics[topic], p.tick as usize).payload(&self.scratch);
+            if let Some(k) = key {
+                rec = rec.key(k);
             }
-            if let Some(h) = &p.headers {
-                rec = rec.headers(h.clone());
+            if let Some(h) = headers {
+                rec = rec.headers(h);
             }
             match producer.send(rec) {
                 Ok(()) => {
@@ -185,17 +199,43 @@ impl Outbox {
                 Err((e, _)) => {
                     // Not retriable by waiting (e.g. a record over the broker's size limit).
                     breaker.record_failure(now_ms);
-                    self.fatal = Some(format!("producing to {}: {e}", topics[p.topic as usize]));
+                    self.fatal = Some(format!("producing to {}: {e}", topics[topic]));
+                    return;
+                }
+            }
+        }
+        while let Some(w) = self.stats.front() {
+            if !breaker.allow(now_ms) {
+                return;
+            }
+            self.scratch.clear();
+            serde_json::to_writer(&mut self.scratch, w).expect("window stats serialize");
+            let key = format!("{}/{}", w.domain, w.window_end_ms);
+            let rec = BaseRecord::with_opaque_to(&topics[STATS], STATS_TICK)
+                .payload(&self.scratch)
+                .key(&key);
+            match producer.send(rec) {
+                Ok(()) => {
+                    self.stats.pop_front();
+                    self.stats_unacked += 1;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => return,
+                Err((e, _)) => {
+                    breaker.record_failure(now_ms);
+                    self.fatal = Some(format!("producing to {}: {e}", topics[STATS]));
                     return;
                 }
             }
         }
     }
 
-    /// Applies delivery reports; returns how many were acknowledged.
-    pub fn apply(&mut self, acks: &Receiver<Ack>, breaker: &Breaker, now_ms: u64) -> usize {
-        let mut n = 0;
+    /// Applies delivery reports; returns how many were acknowledged and how many failed.
+    pub fn apply(&mut self, acks: &Receiver<Ack>, breaker: &Breaker, now_ms: u64) -> (usize, usize) {
+        let (mut n, mut failed) = (0, 0);
         while let Ok((tick, outcome)) = acks.try_recv() {
+            if tick == STATS_TICK as u64 {
+                self.stats_unacked = self.stats_unacked.saturating_sub(1);
+            }
             match outcome {
                 Ok(()) => {
                     breaker.record_success();
@@ -208,6 +248,7 @@ impl Outbox {
                     }
                 }
                 Err(e) => {
+                    failed += 1;
                     breaker.record_failure(now_ms);
                     self.fatal = Some(format!("delivery failed: {e}"));
                 }
@@ -218,7 +259,7 @@ impl Outbox {
                 a.activate();
             }
         }
-        n
+        (n, failed)
     }
 
     /// Waits (at shutdown only) for the producer to deliver everything handed to it.
@@ -246,7 +287,7 @@ pub fn sink<'s>(stream: StreamVec<'s, u64, Output>, outbox: Rc<RefCell<Outbox>>)
                     if let Some(cap) = cap.retain_least(0) {
                         let t = *cap.time();
                         for o in data.drain(..) {
-                            ob.push(t, &o);
+                            ob.push(t, o);
                         }
                         held.entry(t).or_insert(cap);
                     }

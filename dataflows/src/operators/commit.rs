@@ -15,7 +15,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use super::wall_ms;
+use super::{wall_ms, Observer, Stage};
 use crate::dead_letter::DeadLetter;
 use crate::record::{Assessed, BatchEvent};
 use crate::verdict::{Proof, Verdict};
@@ -41,6 +41,8 @@ struct Pending {
     held: Vec<Box<Verdict>>,
     /// Set by the batch's seal.
     size: Option<u32>,
+    /// How long the batch was open, from its seal.
+    open_ms: u64,
     /// The least capability seen for this batch.
     cap: Capability<u64>,
 }
@@ -50,6 +52,7 @@ pub fn commit<'s>(
     events: StreamVec<'s, u64, BatchEvent<Assessed>>,
     run: [u8; 8],
     key: Arc<SigningKey>,
+    observer: Observer,
 ) -> StreamVec<'s, u64, Output> {
     let shard = events.scope().index() as u32;
     events.unary::<CapacityContainerBuilder<Vec<Output>>, _, _, _>(
@@ -59,11 +62,14 @@ pub fn commit<'s>(
             drop(initial);
             let mut chain = Chain::new(run, shard);
             let mut pending: HashMap<u64, Pending> = HashMap::new();
-            let mut ready: BTreeMap<u64, (Tree, Capability<u64>)> = BTreeMap::new();
+            let mut ready: BTreeMap<u64, (Tree, Capability<u64>, u64)> = BTreeMap::new();
             let mut done = Vec::new();
 
             move |input, output| {
+                let started = observer.as_ref().map(|_| std::time::Instant::now());
+                let mut worked = false;
                 input.for_each(|cap, data| {
+                    worked = true;
                     let Some(cap) = cap.retain_least(0) else {
                         return;
                     };
@@ -79,6 +85,7 @@ pub fn commit<'s>(
                             have: 0,
                             held: Vec::new(),
                             size: None,
+                            open_ms: 0,
                             cap: cap.clone(),
                         });
                         if cap.time() < p.cap.time() {
@@ -103,6 +110,7 @@ pub fn commit<'s>(
                             }
                             BatchEvent::Seal(s) => {
                                 p.size = Some(s.size);
+                                p.open_ms = s.open_ms;
                                 p.tier = s.tier;
                             }
                         }
@@ -134,7 +142,7 @@ pub fn commit<'s>(
                         session.give(Output::Verdict(v));
                     }
                     drop(session);
-                    ready.insert(seq, (tree, p.cap));
+                    ready.insert(seq, (tree, p.cap, p.open_ms));
                 }
 
                 // Chain commitments in seq order.
@@ -143,9 +151,13 @@ pub fn commit<'s>(
                         break;
                     }
                     let seq = *entry.key();
-                    let (tree, cap) = entry.remove();
-                    let c = chain.seal_tree(seq, &tree, &key);
+                    let (tree, cap, open_ms) = entry.remove();
+                    let mut c = chain.seal_tree(seq, &tree, &key);
+                    c.open_ms = open_ms;
                     output.session(&cap).give(Output::Commitment(c));
+                }
+                if let (Some(o), Some(t), true) = (&observer, started, worked) {
+                    o.observe(Stage::Commit, t.elapsed());
                 }
             }
         },

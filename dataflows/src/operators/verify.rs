@@ -11,7 +11,7 @@
 //!
 //! timely::example(|scope| {
 //!     let none: Vec<bizra_dataflows::record::Scored> = Vec::new();
-//!     verify(none.to_stream(scope).container::<Vec<_>>(), VerifyConfig::default(), Arc::new(Keyring::new()))
+//!     verify(none.to_stream(scope).container::<Vec<_>>(), VerifyConfig::default(), Arc::new(Keyring::new()), None)
 //!         .inspect(|event| panic!("no input, no output: {event:?}"));
 //! });
 //! ```
@@ -26,7 +26,7 @@ use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use super::Clock;
+use super::{timed, Clock, Observer, Stage};
 use crate::record::{BatchEvent, Checked, Scored};
 use crate::verification::replay::bucket;
 use crate::verification::signature::Keyring;
@@ -37,6 +37,7 @@ pub fn verify<'s>(
     scored: StreamVec<'s, u64, Scored>,
     cfg: VerifyConfig,
     keyring: Arc<Keyring>,
+    observer: Observer,
 ) -> StreamVec<'s, u64, BatchEvent<Checked>> {
     let scope = scored.scope();
     let shard = scope.index() as u32;
@@ -67,7 +68,9 @@ pub fn verify<'s>(
                     break;
                 }
                 let (cap, items) = entry.remove();
-                verifier.process(items, now, &mut events);
+                timed(&observer, Stage::Verify, || {
+                    verifier.process(items, now, &mut events)
+                });
                 emit(&mut events, &mut held, Some(&cap), output);
                 for tier in Tier::ALL {
                     let open = verifier.open_seq(tier);

@@ -85,6 +85,8 @@ pub struct ShardVerifier {
     fraction: f64,
     next_seq: u64,
     open: [Option<OpenBatch>; 3],
+    /// The latest `now_ms` seen, for how long a sealed batch stayed open.
+    now_ms: u64,
 }
 
 const CONF_INCREMENTAL: f64 = 0.85;
@@ -100,6 +102,7 @@ impl ShardVerifier {
             keyring,
             next_seq: 0,
             open: [None, None, None],
+            now_ms: 0,
         }
     }
 
@@ -111,6 +114,7 @@ impl ShardVerifier {
     /// Verifies the records of one complete epoch. Records are taken in `position` order so
     /// that the replay guard sees every bucket's ids in input order on any worker count.
     pub fn process(&mut self, mut items: Vec<Scored>, now_ms: u64, out: &mut Vec<BatchEvent<Checked>>) {
+        self.now_ms = self.now_ms.max(now_ms);
         items.sort_by_key(|s| s.decoded.origin.position);
         let mut by_tier: [Vec<(Scored, Checks)>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for s in items {
@@ -149,6 +153,7 @@ impl ShardVerifier {
 
     /// Seals every batch whose wait has run out.
     pub fn seal_due(&mut self, now_ms: u64, out: &mut Vec<BatchEvent<Checked>>) {
+        self.now_ms = self.now_ms.max(now_ms);
         for tier in Tier::ALL {
             let due = self.open[tier as usize]
                 .as_ref()
@@ -242,6 +247,7 @@ impl ShardVerifier {
             tier,
             seq: b.seq,
             size: b.len,
+            open_ms: self.now_ms.saturating_sub(b.opened_ms),
         }));
     }
 
@@ -526,7 +532,8 @@ mod tests {
                 shard: 7,
                 tier: Tier::Full,
                 seq: 0,
-                size: 4
+                size: 4,
+                open_ms: 1
             }]
         );
         assert!(
@@ -566,7 +573,8 @@ mod tests {
                 shard: 0,
                 tier: Tier::Incremental,
                 seq: 0,
-                size: 1
+                size: 1,
+                open_ms: 100
             }]
         );
         assert!(!v.has_open());

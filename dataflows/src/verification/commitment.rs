@@ -44,6 +44,9 @@ pub struct Commitment {
     pub key_id: String,
     /// Standard base64 Ed25519 signature over [`message`].
     pub signature: String,
+    /// How long the batch was open before it sealed (ms): for metrics, not on the wire.
+    #[serde(skip)]
+    pub open_ms: u64,
 }
 
 /// The §3.3 signed message.
@@ -137,6 +140,7 @@ impl Chain {
             leaves: leaves.iter().map(hex::encode).collect(),
             key_id: key_id(&key.verifying_key()),
             signature: STANDARD.encode(signature.to_bytes()),
+            open_ms: 0,
         };
         self.prev = Sha3_256::digest(&msg).into();
         self.next_seq += 1;

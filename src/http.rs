@@ -1,0 +1,156 @@
+//! The ops endpoints on `--http ADDR`: `/metrics` (Prometheus text format), `/healthz`
+//! (health JSON; 503 when critical), `/readyz` (200 once sources are assigned and the broker
+//! is reachable) and `/pubkey` (SPEC §3.3). A tokio runtime on its own thread serves them;
+//! handlers read shared state only (atomics, a short mutex, the registry), so a scrape never
+//! waits on, or blocks, a timely worker.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, Registry, TextEncoder};
+
+/// What the endpoints serve; written by the runtime, read by the handlers.
+pub struct Ops {
+    pub registry: Registry,
+    /// Ready for traffic: sources assigned and (in Kafka mode) the broker reachable.
+    pub ready: AtomicBool,
+    /// The health JSON and its HTTP status, as last computed by the runtime.
+    pub health: Mutex<(u16, String)>,
+    /// Standard base64 of the node's Ed25519 public key.
+    pub pubkey: String,
+}
+
+impl Ops {
+    pub fn new(registry: Registry, pubkey: String) -> Arc<Ops> {
+        Arc::new(Ops {
+            registry,
+            ready: AtomicBool::new(false),
+            health: Mutex::new((200, r#"{"status":"healthy","reasons":[]}"#.into())),
+            pubkey,
+        })
+    }
+
+    pub fn set_health(&self, status: u16, json: String) {
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = (status, json);
+    }
+}
+
+/// Binds `addr` now (so a bad address or a port in use fails start-up with a clear error)
+/// and serves on a background thread until the process exits. Returns the bound address.
+pub fn serve(addr: &str, ops: Arc<Ops>) -> anyhow::Result<SocketAddr> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("--http {addr}: cannot listen"))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("starting the HTTP runtime")?;
+    std::thread::Builder::new()
+        .name("bizra-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "http listener");
+                        return;
+                    }
+                };
+                if let Err(e) = axum::serve(listener, router(ops)).await {
+                    tracing::error!(error = %e, "http server stopped");
+                }
+            })
+        })?;
+    tracing::info!(addr = %bound, "serving /metrics /healthz /readyz /pubkey");
+    Ok(bound)
+}
+
+fn router(ops: Arc<Ops>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/pubkey", get(pubkey))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(ops)
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    match TextEncoder::new().encode(&ops.registry.gather(), &mut buf) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn healthz(State(ops): State<Arc<Ops>>) -> Response {
+    let (status, body) = ops.health.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
+    if ops.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn pubkey(State(ops): State<Arc<Ops>>) -> Response {
+    (StatusCode::OK, format!("{}\n", ops.pubkey)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out[9..12].parse().unwrap();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+        (code, body)
+    }
+
+    #[test]
+    fn endpoints_answer_and_unknown_paths_are_404() {
+        let r = Registry::new();
+        let c = prometheus::IntCounter::new("bizra_test_total", "t").unwrap();
+        r.register(Box::new(c.clone())).unwrap();
+        c.inc_by(7);
+        let ops = Ops::new(r, "cHVia2V5".into());
+        let addr = serve("127.0.0.1:0", ops.clone()).unwrap();
+        let (code, body) = get(addr, "/metrics");
+        assert_eq!(code, 200);
+        assert!(body.contains("bizra_test_total 7"), "{body}");
+        assert_eq!(get(addr, "/readyz").0, 503);
+        ops.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(addr, "/readyz").0, 200);
+        assert_eq!(get(addr, "/pubkey"), (200, "cHVia2V5\n".into()));
+        ops.set_health(503, r#"{"status":"critical"}"#.into());
+        assert_eq!(get(addr, "/healthz"), (503, r#"{"status":"critical"}"#.into()));
+        assert_eq!(get(addr, "/nope").0, 404);
+    }
+
+    #[test]
+    fn a_port_in_use_or_a_bad_address_fails_clearly() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let e = serve(&addr, Ops::new(Registry::new(), String::new())).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot listen"), "{e:#}");
+        let e = serve("not-an-address", Ops::new(Registry::new(), String::new())).unwrap_err();
+        assert!(format!("{e:#}").contains("--http not-an-address"), "{e:#}");
+    }
+}

@@ -133,14 +133,7 @@ const HARMS: [&str; 6] = [
     "Bias",
     "Humiliate user",
 ];
-const DOMAINS: [&str; 6] = [
-    "finance",
-    "healthcare",
-    "logistics",
-    "energy",
-    "education",
-    "retail",
-];
+const DOMAINS: [&str; 6] = bizra_dataflows::stats::KNOWN_DOMAINS;
 const SOURCES: [&str; 4] = ["edge-1", "edge-2", "gateway", "batch-loader"];
 
 fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {

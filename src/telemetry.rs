@@ -157,20 +157,8 @@ pub fn spawn_ops_thread(
             let clock = std::time::Instant::now();
             loop {
                 metrics.sample_process();
-                let verdicts: u64 = metrics
-                    .verdicts
-                    .collect()
-                    .iter()
-                    .flat_map(|f| f.get_metric())
-                    .map(|m| m.get_counter().get_value() as u64)
-                    .sum();
-                let dead: u64 = metrics
-                    .dead_letters
-                    .collect()
-                    .iter()
-                    .flat_map(|f| f.get_metric())
-                    .map(|m| m.get_counter().get_value() as u64)
-                    .sum();
+                let verdicts = sum_of(&metrics.verdicts);
+                let dead = sum_of(&metrics.dead_letters);
                 let lag: Option<u64> = {
                     let fams = metrics.consumer_lag.collect();
                     let series: Vec<u64> = fams
@@ -208,6 +196,16 @@ pub fn spawn_ops_thread(
             }
         })
         .expect("spawning the ops thread")
+}
+
+/// The sum of every series of a labelled counter.
+fn sum_of(v: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    v.collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }
 
 /// p99 (ms) of the end-to-end latencies observed since the previous call, from the

@@ -79,6 +79,16 @@ use crate::verification::Tier;
 
 /// The domain of a verdict without `context.domain` (SPEC §2.4 default).
 pub const DEFAULT_DOMAIN: &str = "cognitive_processing";
+/// The domains reported by name by default, besides [`DEFAULT_DOMAIN`] (also the ones
+/// `bizra gen` draws from).
+pub const KNOWN_DOMAINS: [&str; 6] = [
+    "finance",
+    "healthcare",
+    "logistics",
+    "energy",
+    "education",
+    "retail",
+];
 /// The label of every domain not listed in [`StatsConfig::domains`].
 pub const OTHER_DOMAIN: &str = "other";
 
@@ -101,20 +111,12 @@ pub struct StatsConfig {
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        let domains = [
-            DEFAULT_DOMAIN,
-            "finance",
-            "healthcare",
-            "logistics",
-            "energy",
-            "education",
-            "retail",
-        ];
+        let domains = std::iter::once(DEFAULT_DOMAIN).chain(KNOWN_DOMAINS);
         StatsConfig {
             window_ms: 60_000,
             slide_ms: 10_000,
             lateness_ms: 5_000,
-            domains: domains.map(String::from).to_vec(),
+            domains: domains.map(String::from).collect(),
         }
     }
 }

@@ -40,7 +40,7 @@ impl Telemetry {
     fn watermark_ms(&self) -> u64 {
         let max = self.max_event_ms.load(Ordering::Relaxed);
         let base = if max == i64::MIN { wall_ms() } else { max };
-        base.saturating_sub(self.stats.lateness_ms as i64).max(0) as u64
+        self.stats.watermark(base.max(0) as u64)
     }
 }
 

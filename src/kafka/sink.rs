@@ -4,6 +4,7 @@
 //! stops reading — never loss. The sink operator holds the capability of every tick with
 //! unacknowledged records, so the frontier after it means "delivered".
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
@@ -165,33 +166,46 @@ impl Outbox {
         breaker: &Breaker,
         now_ms: u64,
     ) {
-        while let Some(p) = self.queue.front() {
-            if !breaker.allow(now_ms) {
-                return;
-            }
+        // Outputs first (they hold back offset commits), then window statistics.
+        // The breaker is asked once per record, as a half-open breaker counts its calls.
+        while !(self.queue.is_empty() && self.stats.is_empty()) && breaker.allow(now_ms) {
             self.scratch.clear();
-            let (topic, key, headers) = match &p.out {
-                Output::Verdict(v) => {
-                    serde_json::to_writer(&mut self.scratch, v).expect("verdicts serialize");
-                    (VERDICTS, Some(v.id.as_str()), None)
-                }
-                Output::Commitment(c) => {
-                    serde_json::to_writer(&mut self.scratch, c).expect("commitments serialize");
-                    (COMMITMENTS, None, None)
-                }
-                Output::DeadLetter(d) => {
-                    serde_json::to_writer(&mut self.scratch, d).expect("dead letters serialize");
-                    (DLQ, None, Some(dead_letter_headers(d)))
-                }
-            };
-            let mut rec = BaseRecord::with_opaque_to(&topics[topic], p.tick as usize).payload(&self.scratch);
-            if let Some(k) = key {
-                rec = rec.key(k);
+            let (topic, opaque, key, headers): (usize, usize, Option<Cow<'_, str>>, _) =
+                if let Some(p) = self.queue.front() {
+                    let tick = p.tick as usize;
+                    match &p.out {
+                        Output::Verdict(v) => {
+                            serde_json::to_writer(&mut self.scratch, v).expect("verdicts serialize");
+                            (VERDICTS, tick, Some(Cow::Borrowed(v.id.as_str())), None)
+                        }
+                        Output::Commitment(c) => {
+                            serde_json::to_writer(&mut self.scratch, c).expect("commitments serialize");
+                            (COMMITMENTS, tick, None, None)
+                        }
+                        Output::DeadLetter(d) => {
+                            serde_json::to_writer(&mut self.scratch, d).expect("dead letters serialize");
+                            (DLQ, tick, None, Some(dead_letter_headers(d)))
+                        }
+                    }
+                } else if let Some(w) = self.stats.front() {
+                    serde_json::to_writer(&mut self.scratch, w).expect("window stats serialize");
+                    let key = format!("{}/{}", w.domain, w.window_end_ms);
+                    (STATS, STATS_TICK, Some(Cow::Owned(key)), None)
+                } else {
+                    return;
+                };
+            let mut rec = BaseRecord::with_opaque_to(&topics[topic], opaque).payload(&self.scratch);
+            if let Some(k) = &key {
+                rec = rec.key(k.as_ref());
             }
             if let Some(h) = headers {
                 rec = rec.headers(h);
             }
             match producer.send(rec) {
+                Ok(()) if topic == STATS => {
+                    self.stats.pop_front();
+                    self.stats_unacked += 1;
+                }
                 Ok(()) => {
                     self.queue.pop_front();
                 }
@@ -200,29 +214,6 @@ impl Outbox {
                     // Not retriable by waiting (e.g. a record over the broker's size limit).
                     breaker.record_failure(now_ms);
                     self.fatal = Some(format!("producing to {}: {e}", topics[topic]));
-                    return;
-                }
-            }
-        }
-        while let Some(w) = self.stats.front() {
-            if !breaker.allow(now_ms) {
-                return;
-            }
-            self.scratch.clear();
-            serde_json::to_writer(&mut self.scratch, w).expect("window stats serialize");
-            let key = format!("{}/{}", w.domain, w.window_end_ms);
-            let rec = BaseRecord::with_opaque_to(&topics[STATS], STATS_TICK)
-                .payload(&self.scratch)
-                .key(&key);
-            match producer.send(rec) {
-                Ok(()) => {
-                    self.stats.pop_front();
-                    self.stats_unacked += 1;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => return,
-                Err((e, _)) => {
-                    breaker.record_failure(now_ms);
-                    self.fatal = Some(format!("producing to {}: {e}", topics[STATS]));
                     return;
                 }
             }

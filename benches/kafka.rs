@@ -283,6 +283,8 @@ fn main() {
     );
 
     if std::env::var("BIZRA_BENCH_LATENCY").as_deref() == Ok("0") {
+        // Clients first: a client dropped after its broker is gone blocks on closing.
+        drop((p, verdicts));
         let _ = broker.kill();
         let _ = broker.wait();
         return;

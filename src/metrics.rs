@@ -4,13 +4,14 @@
 //! record: each keeps a [`WorkerMetrics`] of local counters and histograms and flushes it
 //! every [`FLUSH_EVERY`].
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bizra_dataflows::dead_letter::ErrorKind;
 use bizra_dataflows::ethics::Severity;
 use bizra_dataflows::operators::commit::Output;
-use bizra_dataflows::operators::{Stage, StageObserver};
+use bizra_dataflows::operators::{Stage, StageObserver, Structure};
 use bizra_dataflows::stats::WindowStats;
 use bizra_dataflows::verdict::Decision;
 use bizra_dataflows::verification::{SignatureCheck, Tier};
@@ -58,6 +59,7 @@ pub struct Metrics {
     pub window_value: GaugeVec,
     pub window_latency: GaugeVec,
     pub info: IntGaugeVec,
+    pub state_entries: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -226,6 +228,13 @@ impl Metrics {
                 ),
                 &["version", "policy_version"],
             )?,
+            state_entries: IntGaugeVec::new(
+                opts(
+                    "bizra_state_entries",
+                    "Entries held by each bounded structure, summed over the workers of this process.",
+                ),
+                &["structure"],
+            )?,
         };
         m.register_all(registry)?;
         m.info
@@ -263,6 +272,7 @@ impl Metrics {
         r.register(Box::new(self.window_value.clone()))?;
         r.register(Box::new(self.window_latency.clone()))?;
         r.register(Box::new(self.info.clone()))?;
+        r.register(Box::new(self.state_entries.clone()))?;
         Ok(())
     }
 
@@ -281,6 +291,9 @@ impl Metrics {
         }
         for s in Stage::ALL {
             self.stage_latency.with_label_values(&[s.name()]);
+        }
+        for s in Structure::ALL {
+            self.state_entries.with_label_values(&[s.name()]);
         }
         for domain in domains {
             for t in Tier::ALL {
@@ -385,16 +398,27 @@ pub struct WorkerMetrics {
     batch_size: LocalHistogram,
     seal: LocalHistogram,
     stages: Rc<StageHistograms>,
+    /// Per [`Structure`]: this worker's share of the gauge, as last flushed.
+    state_flushed: Vec<i64>,
+    state_gauges: Vec<IntGauge>,
     last_flush: Instant,
 }
 
-/// A worker's local stage-latency histograms, one per [`Stage`]; the dataflow's operators
-/// report into them (see [`bizra_dataflows::operators::StageObserver`]).
-pub struct StageHistograms(Vec<LocalHistogram>);
+/// A worker's local stage-latency histograms, one per [`Stage`], and the latest size of each
+/// bounded structure, one per [`Structure`]; the dataflow's operators report into them (see
+/// [`bizra_dataflows::operators::StageObserver`]).
+pub struct StageHistograms {
+    latency: Vec<LocalHistogram>,
+    state: Vec<Cell<usize>>,
+}
 
 impl StageObserver for StageHistograms {
     fn observe(&self, stage: Stage, elapsed: Duration) {
-        self.0[stage as usize].observe(elapsed.as_secs_f64());
+        self.latency[stage as usize].observe(elapsed.as_secs_f64());
+    }
+
+    fn state(&self, structure: Structure, entries: usize) {
+        self.state[structure as usize].set(entries);
     }
 }
 
@@ -421,12 +445,18 @@ impl WorkerMetrics {
             end_to_end: m.end_to_end_latency.local(),
             batch_size: m.batch_size.local(),
             seal: m.seal_duration.local(),
-            stages: Rc::new(StageHistograms(
-                Stage::ALL
+            stages: Rc::new(StageHistograms {
+                latency: Stage::ALL
                     .iter()
                     .map(|s| m.stage_latency.with_label_values(&[s.name()]).local())
                     .collect(),
-            )),
+                state: Structure::ALL.iter().map(|_| Cell::new(0)).collect(),
+            }),
+            state_flushed: vec![0; Structure::ALL.len()],
+            state_gauges: Structure::ALL
+                .iter()
+                .map(|s| m.state_entries.with_label_values(&[s.name()]))
+                .collect(),
             last_flush: Instant::now(),
         }
     }
@@ -478,9 +508,25 @@ impl WorkerMetrics {
         {
             c.flush();
         }
-        for h in &self.stages.0 {
+        for h in &self.stages.latency {
             h.flush();
         }
+        for ((now, flushed), gauge) in self
+            .stages
+            .state
+            .iter()
+            .zip(&mut self.state_flushed)
+            .zip(&self.state_gauges)
+        {
+            let now = now.get() as i64;
+            gauge.add(now - *flushed);
+            *flushed = now;
+        }
+    }
+
+    /// Records the size of a structure the runtime (not the dataflow) holds.
+    pub fn state(&self, structure: Structure, entries: usize) {
+        self.stages.state(structure, entries);
     }
 
     /// The stage observer to hand to the dataflow.

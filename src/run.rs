@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use bizra_dataflows::dead_letter::ErrorKind;
 use bizra_dataflows::ethics::Severity;
 use bizra_dataflows::operators::commit::Output;
-use bizra_dataflows::operators::wall_ms;
+use bizra_dataflows::operators::{wall_ms, Structure};
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
 use bizra_dataflows::verdict::Decision;
 use bizra_dataflows::verification::Tier;
@@ -489,6 +489,8 @@ pub fn run(
                 Some(Duration::from_millis(1))
             });
             let drained = input.is_none() && probe.done();
+            tel.borrow()
+                .state(Structure::SinkQueue, outbox.borrow().queued.len());
             for w in tel.borrow_mut().tick(drained) {
                 outbox.borrow_mut().write_stats(&w);
             }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bizra_dataflows::operators::commit::Output;
-use bizra_dataflows::operators::{wall_ms, Observer};
+use bizra_dataflows::operators::{wall_ms, Observer, Structure};
 use bizra_dataflows::stats::{self, Sample, StatsConfig, WindowStats, Windows};
 
 use crate::metrics::{Metrics, WorkerMetrics};
@@ -79,6 +79,13 @@ impl WorkerTelemetry {
             .map(|m| m.borrow().stages() as Rc<dyn bizra_dataflows::operators::StageObserver>)
     }
 
+    /// Records the size of a structure the driver holds (see [`Structure`]).
+    pub fn state(&self, structure: Structure, entries: usize) {
+        if let Some(m) = &self.metrics {
+            m.borrow().state(structure, entries);
+        }
+    }
+
     /// Records read from the source.
     pub fn read(&self, n: usize) {
         if let Some(m) = &self.metrics {
@@ -116,7 +123,12 @@ impl WorkerTelemetry {
         }
         let out = self.windows.take();
         if let Some(m) = &self.metrics {
-            m.borrow_mut().flush(finished);
+            let mut m = m.borrow_mut();
+            m.state(
+                Structure::StatsWindows,
+                self.windows.state_size() + self.windows.pending_len(),
+            );
+            m.flush(finished);
         }
         if let Some(m) = &self.shared.metrics {
             let late = self.windows.late();
@@ -188,6 +200,10 @@ pub fn spawn_ops_thread(
                     h.http_status(),
                     serde_json::to_string(h).unwrap_or_else(|_| "{}".into()),
                 );
+                metrics
+                    .state_entries
+                    .with_label_values(&[Structure::HealthHistory.name()])
+                    .set(monitor.samples() as i64);
                 ops.ready.store(
                     started.load(Ordering::Relaxed) && circuit != Circuit::Open,
                     Ordering::Relaxed,

@@ -42,6 +42,17 @@ pub fn free_port() -> u16 {
 /// `promtool check metrics`, when installed, that it lints clean), and returns each metric
 /// name with the sum of its series.
 pub fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
+    let mut sums = std::collections::HashMap::new();
+    for (series, value) in scrape_series(addr) {
+        let name = series.split('{').next().unwrap().to_owned();
+        *sums.entry(name).or_insert(0.0) += value;
+    }
+    sums
+}
+
+/// Scrapes `http://ADDR/metrics` as [`scrape`] does, and returns every series (name with
+/// its labels, as exposed) with its value.
+pub fn scrape_series(addr: &str) -> std::collections::HashMap<String, f64> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to --http");
     write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
@@ -49,7 +60,7 @@ pub fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let mut sums = std::collections::HashMap::new();
+    let mut out = std::collections::HashMap::new();
     for line in body.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (series, value) = line
             .rsplit_once(' ')
@@ -66,7 +77,7 @@ pub fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
                 "bad labels in {line:?}"
             );
         }
-        *sums.entry(name.to_owned()).or_insert(0.0) += value;
+        out.insert(series.to_owned(), value);
     }
     if let Ok(mut child) = std::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -85,5 +96,5 @@ pub fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    sums
+    out
 }

@@ -6,3 +6,4 @@ mod decode_props;
 mod golden_stages;
 mod kafka;
 mod merkle_vectors;
+mod state;

@@ -513,6 +513,11 @@ impl Windows {
     pub fn state_size(&self) -> usize {
         self.keys.get()
     }
+
+    /// Pre-aggregated (key, slide) totals not yet handed to differential.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
 }
 
 type Changes = Vec<(Key, Agg, isize)>;

@@ -154,6 +154,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use bizra_dataflows::operators::Structure;
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
 use rdkafka::consumer::CommitMode;
 use timely::dataflow::operators::vec::Map;
@@ -328,6 +329,9 @@ fn worker_loop(
         let drained = input.is_none() && probe.done();
         {
             let mut ob = outbox.borrow_mut();
+            tel.borrow().state(Structure::SinkQueue, ob.queued());
+            tel.borrow()
+                .state(Structure::OffsetEpochs, tracker.pending_epochs());
             for w in tel.borrow_mut().tick(drained) {
                 ob.push_stats(&w);
             }

@@ -15,7 +15,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use super::{wall_ms, Observer, Stage};
+use super::{report, wall_ms, Observer, Stage, Structure};
 use crate::dead_letter::DeadLetter;
 use crate::record::{Assessed, BatchEvent};
 use crate::verdict::{Proof, Verdict};
@@ -159,6 +159,10 @@ pub fn commit<'s>(
                 if let (Some(o), Some(t), true) = (&observer, started, worked) {
                     o.observe(Stage::Commit, t.elapsed());
                 }
+                report(&observer, Structure::CommitBatches, || {
+                    pending.values().map(|p| p.leaves.len()).sum::<usize>()
+                        + ready.values().map(|(t, _, _)| t.len()).sum::<usize>()
+                });
             }
         },
     )

@@ -56,11 +56,59 @@ impl Stage {
     }
 }
 
+/// The bounded structures a worker holds, dataflow and runtime alike: their sizes are
+/// exported (`bizra_state_entries{structure}`) so ops and the long-run test can see that
+/// none grows with the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Structure {
+    /// Ids remembered by the replay guard (capped by `verify.replay_window_ids`).
+    ReplayGuard,
+    /// Records waiting in `verify` for their epoch to complete.
+    VerifyStash,
+    /// Records of open batches in `commit` (leaves, and full-tier verdicts held for proofs).
+    CommitBatches,
+    /// Window-statistics aggregates (differential state and pre-aggregation).
+    StatsWindows,
+    /// Outputs queued for the sink (Kafka outbox, or the embedded writer's queue).
+    SinkQueue,
+    /// Epochs whose input offsets wait for their outputs to be acknowledged (Kafka).
+    OffsetEpochs,
+    /// Samples kept by the health monitor.
+    HealthHistory,
+}
+
+impl Structure {
+    pub const ALL: [Structure; 7] = [
+        Structure::ReplayGuard,
+        Structure::VerifyStash,
+        Structure::CommitBatches,
+        Structure::StatsWindows,
+        Structure::SinkQueue,
+        Structure::OffsetEpochs,
+        Structure::HealthHistory,
+    ];
+
+    /// Label value of the `structure` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Structure::ReplayGuard => "replay_guard",
+            Structure::VerifyStash => "verify_stash",
+            Structure::CommitBatches => "commit_batches",
+            Structure::StatsWindows => "stats_windows",
+            Structure::SinkQueue => "sink_queue",
+            Structure::OffsetEpochs => "offset_epochs",
+            Structure::HealthHistory => "health_history",
+        }
+    }
+}
+
 /// Told how long a stage spent on each batch of records it handled (one operator
-/// activation): every record of that batch waited that long in the stage. Implemented by the
-/// runtime's metrics; the dataflow only measures.
+/// activation): every record of that batch waited that long in the stage; and how large the
+/// operators' bounded structures are after each activation. Implemented by the runtime's
+/// metrics; the dataflow only measures.
 pub trait StageObserver {
     fn observe(&self, stage: Stage, elapsed: std::time::Duration);
+    fn state(&self, structure: Structure, entries: usize);
 }
 
 /// A worker's stage observer, if metrics are on.
@@ -76,6 +124,13 @@ pub(crate) fn timed<R>(observer: &Observer, stage: Stage, f: impl FnOnce() -> R)
             o.observe(stage, start.elapsed());
             r
         }
+    }
+}
+
+/// Reports the size of `structure` to the observer, if there is one.
+pub(crate) fn report(observer: &Observer, structure: Structure, entries: impl FnOnce() -> usize) {
+    if let Some(o) = observer {
+        o.state(structure, entries());
     }
 }
 

@@ -26,7 +26,7 @@ use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use super::{timed, Clock, Observer, Stage};
+use super::{report, timed, Clock, Observer, Stage, Structure};
 use crate::record::{BatchEvent, Checked, Scored};
 use crate::verification::replay::bucket;
 use crate::verification::signature::Keyring;
@@ -87,6 +87,11 @@ pub fn verify<'s>(
                 verifier.seal_due(now, &mut events);
             }
             emit(&mut events, &mut held, None, output);
+
+            report(&observer, Structure::ReplayGuard, || verifier.replay_len());
+            report(&observer, Structure::VerifyStash, || {
+                stash.values().map(|(_, items)| items.len()).sum()
+            });
 
             match verifier.next_deadline_ms() {
                 Some(deadline) if timer_at.is_none_or(|t| t <= now || deadline < t) => {

@@ -32,6 +32,7 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
         keyring: Arc::new(keyring),
         signing_key: Arc::new(ed25519_dalek::SigningKey::from_bytes(&[1; 32])),
         run: [0; 8],
+        explain: cfg.output.explain.style(),
     };
     let outputs = Outputs {
         verdicts: OutputSpec::Null,
@@ -55,8 +56,11 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
         cfg.pipeline.clone(),
         source,
         outputs,
-        Arc::new(AtomicU64::new(0)),
-        bizra::telemetry::Telemetry::new(None, cfg.stats.clone()),
+        bizra::run::Services {
+            progress: Arc::new(AtomicU64::new(0)),
+            telemetry: bizra::telemetry::Telemetry::new(None, cfg.stats.clone()),
+            archive: None,
+        },
     )
     .expect("run succeeds");
     assert_eq!(s.observations(), count);

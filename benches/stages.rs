@@ -1,6 +1,11 @@
 //! Per-stage costs, one record at a time, on generated observations (the realistic mix).
 //! Run: `cargo bench --bench stages`. Isolates the pure stage functions from timely, I/O and
 //! the generator: inputs are generated and decoded before the measurement.
+//!
+//! `explain/*` (run: `cargo bench --bench stages -- explain`) times the assess step with
+//! `output.explain` off and in each style; the difference to `off` is the per-record cost of
+//! the explanation. Its records carry a passed incremental-tier verification made up front
+//! (the verify operator is not run), and the verdicts are dropped outside the measurement.
 
 use std::sync::Arc;
 
@@ -8,12 +13,16 @@ use bizra::gen::{GenConfig, Generator};
 use bizra_dataflows::convergence::converge;
 use bizra_dataflows::decode::{decode, Limits};
 use bizra_dataflows::ethics::evaluate;
-use bizra_dataflows::observation::Observation;
+use bizra_dataflows::explain::Style;
+use bizra_dataflows::observation::{InputRef, Observation};
+use bizra_dataflows::pipeline::{assess_record, decode_record, RawRecord};
 use bizra_dataflows::policy::Policy;
+use bizra_dataflows::record::{Checked, Scored};
 use bizra_dataflows::value::{assess, Provenance};
 use bizra_dataflows::verification::leaf::LeafFields;
 use bizra_dataflows::verification::merkle::{Hash, Tree};
 use bizra_dataflows::verification::signature::{observation_message, verify_batch};
+use bizra_dataflows::verification::{BatchRef, Checks, DigestCheck, SignatureCheck, Tier, Verification};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ed25519_dalek::Signer;
 
@@ -140,5 +149,78 @@ fn stages(c: &mut Criterion) {
     drop(Arc::new(()));
 }
 
-criterion_group!(benches, stages);
+/// The generated records as the verify operator would pass them on: valid, incremental tier.
+fn checked(raw: &[Vec<u8>], policy: &Policy) -> Vec<Checked> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let record = RawRecord {
+                bytes: bytes.clone(),
+                input: Some(InputRef {
+                    topic: "gen".into(),
+                    partition: 0,
+                    offset: i as i64,
+                }),
+                position: i as u64,
+                ingest_ms: 0,
+                message_ms: None,
+                oversize: None,
+            };
+            let decoded =
+                decode_record(record, &Limits::default(), 1 << 21).expect("generated record decodes");
+            let convergence = converge(&decoded.obs, &policy.convergence);
+            Checked {
+                scored: Scored { decoded, convergence },
+                verification: Verification {
+                    tier: Tier::Incremental,
+                    valid: true,
+                    confidence: 0.85,
+                    checks: Checks {
+                        digest: DigestCheck::Absent,
+                        signature: SignatureCheck::Absent,
+                        replay: false,
+                    },
+                    reason: None,
+                },
+                batch: BatchRef {
+                    shard: 0,
+                    seq: i as u64 / 64,
+                    leaf_index: (i % 64) as u32,
+                },
+            }
+        })
+        .collect()
+}
+
+fn explain(c: &mut Criterion) {
+    let (raw, _) = inputs();
+    let policy = Policy::reference();
+    let version = policy.version();
+    let records = checked(&raw, &policy);
+    let mut g = c.benchmark_group("explain");
+    g.throughput(Throughput::Elements(N as u64));
+    let styles = [
+        None,
+        Some(Style::Technical),
+        Some(Style::Executive),
+        Some(Style::Audit),
+    ];
+    for style in styles {
+        g.bench_function(style.map_or("off", Style::as_str), |b| {
+            b.iter_batched(
+                || records.clone(),
+                |records| {
+                    records
+                        .into_iter()
+                        .map(|c| assess_record(c, &policy, &version, style))
+                        .collect::<Vec<_>>()
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, stages, explain);
 criterion_main!(benches);

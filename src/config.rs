@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use bizra_dataflows::explain::Style;
 use bizra_dataflows::policy::Policy;
 use bizra_dataflows::verification::signature::{self, Keyring};
 use bizra_dataflows::verification::VerifyConfig;
@@ -22,11 +23,17 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub pipeline: PipelineSettings,
     #[serde(default)]
+    pub output: OutputConfig,
+    #[serde(default)]
     pub kafka: crate::kafka::KafkaConfig,
     #[serde(default)]
     pub stats: bizra_dataflows::stats::StatsConfig,
     #[serde(default)]
     pub health: crate::health::HealthConfig,
+    #[serde(default)]
+    pub archive: crate::archive::ArchiveConfig,
+    #[serde(default)]
+    pub consolidate: crate::consolidate::ConsolidateConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,6 +68,38 @@ pub struct PipelineSettings {
     pub epoch_records: usize,
     /// Epochs the source may run ahead of the written output.
     pub max_inflight_epochs: u64,
+}
+
+/// The `[output]` section: what verdicts carry beyond SPEC §1.2.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Style of each verdict's `explanation`; off by default because it is formatting work
+    /// per record and bytes per verdict that machine readers do not need.
+    pub explain: Explain,
+}
+
+/// The `output.explain` values: `off` or one of the [`Style`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Explain {
+    #[default]
+    Off,
+    Technical,
+    Executive,
+    Audit,
+}
+
+impl Explain {
+    /// The style the pipeline uses, `None` when off.
+    pub fn style(self) -> Option<Style> {
+        match self {
+            Explain::Off => None,
+            Explain::Technical => Some(Style::Technical),
+            Explain::Executive => Some(Style::Executive),
+            Explain::Audit => Some(Style::Audit),
+        }
+    }
 }
 
 /// A start-up error: the process exits with code 2.
@@ -149,6 +188,8 @@ impl Config {
             );
         }
         self.stats.validate().map_err(|m| format!("stats: {m}"))?;
+        self.archive.validate().map_err(|m| format!("archive.{m}"))?;
+        self.consolidate.validate().map_err(|e| e.to_string())?;
         if let Some(k) = self.kafka.protected_option() {
             return Err(format!(
                 "kafka options \"{k}\": bizra sets this librdkafka option itself for its delivery guarantee; use the [kafka] keys instead"
@@ -193,6 +234,32 @@ mod tests {
         let c = Config::default_config();
         assert_eq!(c.verification, VerifyConfig::default());
         assert_eq!(c.limits.max_payload_bytes, 1 << 20);
+        assert_eq!(c.output, OutputConfig::default());
+        assert_eq!(c.output.explain.style(), None);
+    }
+
+    #[test]
+    fn output_explain_takes_off_or_a_style_and_names_a_bad_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        for style in Style::ALL {
+            std::fs::write(&p, format!("[output]\nexplain = \"{}\"\n", style.as_str())).unwrap();
+            assert_eq!(
+                Config::load(Some(&p)).unwrap().output.explain.style(),
+                Some(style)
+            );
+        }
+        std::fs::write(&p, "[output]\nexplain = \"off\"\n").unwrap();
+        assert_eq!(Config::load(Some(&p)).unwrap().output.explain.style(), None);
+        std::fs::write(&p, "[output]\nexplain = \"verbose\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("verbose") && e.contains("technical"),
+            "{e}"
+        );
+        std::fs::write(&p, "[output]\nexplian = \"audit\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("explian"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The ops endpoints on `--http ADDR`: `/metrics` (Prometheus text format), `/healthz`
 //! (health JSON; 503 when critical), `/readyz` (200 once sources are assigned and the broker
-//! is reachable) and `/pubkey` (SPEC §3.3). A tokio runtime on its own thread serves them;
+//! is reachable), `/pubkey` (SPEC §3.3) and `/episodes/{id}` (the newest archived episode
+//! holding that observation id, from the in-memory recall cache). A tokio runtime on its own thread serves them;
 //! handlers read shared state only (atomics, a short mutex, the registry), so a scrape never
 //! waits on, or blocks, a timely worker.
 
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,15 +26,22 @@ pub struct Ops {
     pub health: Mutex<(u16, String)>,
     /// Standard base64 of the node's Ed25519 public key.
     pub pubkey: String,
+    /// Recently archived episodes, when the archive is on (`--data-dir`).
+    pub recent: Option<Arc<crate::recall::RecentEpisodes>>,
 }
 
 impl Ops {
-    pub fn new(registry: Registry, pubkey: String) -> Arc<Ops> {
+    pub fn new(
+        registry: Registry,
+        pubkey: String,
+        recent: Option<Arc<crate::recall::RecentEpisodes>>,
+    ) -> Arc<Ops> {
         Arc::new(Ops {
             registry,
             ready: AtomicBool::new(false),
             health: Mutex::new((200, r#"{"status":"healthy","reasons":[]}"#.into())),
             pubkey,
+            recent,
         })
     }
 
@@ -79,6 +87,7 @@ fn router(ops: Arc<Ops>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/pubkey", get(pubkey))
+        .route("/episodes/{id}", get(episode))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(ops)
 }
@@ -109,6 +118,21 @@ async fn pubkey(State(ops): State<Arc<Ops>>) -> Response {
     (StatusCode::OK, format!("{}\n", ops.pubkey)).into_response()
 }
 
+/// The newest recent episode holding observation `id` (JSON); 404 when it is not in the
+/// recall cache (older episodes: `bizra audit get`) or the archive is off.
+async fn episode(State(ops): State<Arc<Ops>>, Path(id): Path<String>) -> Response {
+    let found = ops.recent.as_ref().and_then(|r| r.get(&id));
+    match found {
+        Some(e) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            e.canonical(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no recent episode holds this id\n").into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,7 +154,7 @@ mod tests {
         let c = prometheus::IntCounter::new("bizra_test_total", "t").unwrap();
         r.register(Box::new(c.clone())).unwrap();
         c.inc_by(7);
-        let ops = Ops::new(r, "cHVia2V5".into());
+        let ops = Ops::new(r, "cHVia2V5".into(), None);
         let addr = serve("127.0.0.1:0", ops.clone()).unwrap();
         let (code, body) = get(addr, "/metrics");
         assert_eq!(code, 200);
@@ -145,12 +169,35 @@ mod tests {
     }
 
     #[test]
+    fn episodes_are_served_from_the_recall_cache_by_observation_id() {
+        use bizra_dataflows::episode::Episode;
+        let recent = Arc::new(crate::recall::RecentEpisodes::new(8, 1 << 20));
+        let episode: Episode = serde_json::from_value(serde_json::json!({
+            "shard": 1, "seq": 7, "run": "00", "tree_size": 1, "root": "ab",
+            "records": [{
+                "id": "obs-42", "input": null, "payload_digest": "sha256:00", "tier": "full",
+                "valid": true, "severity": "acceptable", "permitted": true, "overall": 0.5,
+                "value": 0.25, "clarity": 0.75, "decision": "permit", "conditions": [],
+                "leaf_index": 0
+            }]
+        }))
+        .unwrap();
+        recent.insert(Arc::new(episode.clone()));
+        let ops = Ops::new(Registry::new(), String::new(), Some(recent));
+        let addr = serve("127.0.0.1:0", ops).unwrap();
+        let (code, body) = get(addr, "/episodes/obs-42");
+        assert_eq!(code, 200);
+        assert_eq!(serde_json::from_str::<Episode>(&body).unwrap(), episode);
+        assert_eq!(get(addr, "/episodes/obs-43").0, 404);
+    }
+
+    #[test]
     fn a_port_in_use_or_a_bad_address_fails_clearly() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap().to_string();
-        let e = serve(&addr, Ops::new(Registry::new(), String::new())).unwrap_err();
+        let e = serve(&addr, Ops::new(Registry::new(), String::new(), None)).unwrap_err();
         assert!(format!("{e:#}").contains("cannot listen"), "{e:#}");
-        let e = serve("not-an-address", Ops::new(Registry::new(), String::new())).unwrap_err();
+        let e = serve("not-an-address", Ops::new(Registry::new(), String::new(), None)).unwrap_err();
         assert!(format!("{e:#}").contains("--http not-an-address"), "{e:#}");
     }
 }

@@ -3,20 +3,29 @@
 //!
 //! # Layout
 //! - `main.rs`: the CLI (`run`, `gen`, `keygen`, `verify`) and exit codes.
+//! - `archive/`: the episodic audit archive — xz segments, hash chain per shard, writer pool,
+//!   retention, verify and lookup.
 //! - `config`: the configuration tree, embedded defaults, policy/keyring/key loading.
+//! - `consolidate`: working-memory (L2) summaries per window, their novelty and xz compression.
 //! - `gen`: the deterministic generator of realistic observations.
 //! - `io`: reader thread (JSONL → raw records) and writer threads (lines → files/stdout).
 //! - `kafka/`: Kafka mode — source, sinks, offset commits, circuit breaker.
+//! - `recall`: recent episodes by observation id (bounded LRU), similar-episode search (HNSW).
 //! - `run`: timely workers, the driver loop with bounded in-flight epochs, the summary.
 //! - `verify_cmd`: the independent checker of verdicts against commitments.
+//! - `audit_cmd`: `bizra audit get|verify|similar` over the episode archive.
 
+pub mod archive;
+pub mod audit_cmd;
 pub mod config;
+pub mod consolidate;
 pub mod gen;
 pub mod health;
 pub mod http;
 pub mod io;
 pub mod kafka;
 pub mod metrics;
+pub mod recall;
 pub mod run;
 pub mod telemetry;
 pub mod verify_cmd;

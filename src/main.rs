@@ -62,6 +62,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Read the episodic audit archive written by `bizra run --data-dir`.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Check verdicts against commitments and a public key; exit 1 on any failure.
     Verify {
         #[arg(long)]
@@ -71,6 +76,32 @@ enum Command {
         /// The node's public key: standard base64, or a file holding it.
         #[arg(long)]
         pubkey: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print every stored episode holding observation ID (JSON lines); exit 1 if none.
+    Get {
+        id: String,
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Replay every shard's hash chain; print the report, exit 1 at the first break.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Print the K records whose features are nearest to record ID's (JSON lines).
+    Similar {
+        id: String,
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Records indexed at most (the last ones with features): bounds memory and time.
+        #[arg(long, default_value_t = 20_000)]
+        max_points: usize,
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
     },
 }
 
@@ -92,9 +123,14 @@ struct RunArgs {
     /// the metrics only. In Kafka mode they go to `kafka.stats_topic`.
     #[arg(long, value_name = "FILE")]
     stats: Option<PathBuf>,
-    /// Serve /metrics, /healthz, /readyz and /pubkey on this address (e.g. 0.0.0.0:9100).
+    /// Serve /metrics, /healthz, /readyz, /pubkey and /episodes/{id} on this address
+    /// (e.g. 0.0.0.0:9100).
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// Keep the episodic audit archive (one xz-compressed, hash-chained episode per sealed
+    /// batch) in DIR/archive; config `[archive]`. Without it nothing is archived.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Generate N observations in-process instead of reading input.
     #[arg(long, value_name = "N")]
     gen: Option<u64>,
@@ -193,6 +229,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd_run(*a),
         Command::Gen(a) => cmd_gen(a),
         Command::Keygen { out } => cmd_keygen(&out),
+        Command::Audit { command } => cmd_audit(command),
         Command::Verify {
             verdicts,
             commitments,
@@ -210,6 +247,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cmd_audit(c: AuditCommand) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let ok = match c {
+        AuditCommand::Get { id, data_dir } => {
+            let found = bizra::audit_cmd::get(&data_dir, &id, &mut out)?;
+            if !found {
+                eprintln!("bizra: no stored episode holds {id:?}");
+            }
+            found
+        }
+        AuditCommand::Verify { data_dir } => bizra::audit_cmd::verify(&data_dir, &mut out)?,
+        AuditCommand::Similar {
+            id,
+            k,
+            max_points,
+            data_dir,
+        } => {
+            bizra::audit_cmd::similar_to(&data_dir, &id, k, max_points, &mut out)?;
+            true
+        }
+    };
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn keyring_text(name: &str, key: &SigningKey) -> String {
@@ -333,6 +394,38 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         None => Source::Lines(InputSpec::parse(&a.input)),
     };
     let pubkey = base64::engine::general_purpose::STANDARD.encode(signing_key.verifying_key().as_bytes());
+    // The archive before any work: a missing or unwritable --data-dir fails start-up.
+    let (archive, recent) = match &a.data_dir {
+        Some(dir) => {
+            let acfg = bizra::archive::ArchiveConfig {
+                dir: bizra::audit_cmd::archive_dir(dir),
+                ..cfg.archive.clone()
+            };
+            let recent = Arc::new(bizra::recall::RecentEpisodes::new(
+                acfg.recall_episodes,
+                acfg.recall_bytes,
+            ));
+            let handle = bizra::archive::ArchiveWriter::spawn_with_recall(acfg, Some(recent.clone()))
+                .with_context(|| format!("--data-dir {}", dir.display()))?;
+            (Some(handle), Some(recent))
+        }
+        None => (None, None),
+    };
+    let compressor = a
+        .data_dir
+        .as_ref()
+        .map(|dir| bizra::consolidate::Compressor::spawn(&cfg.consolidate, Some(dir.join("summaries.xz"))))
+        .transpose()
+        .context("--data-dir: starting the summary compressor")?;
+    let memory = bizra::telemetry::MemoryStats {
+        archive: archive.as_ref().map(|h| h.stats().clone()),
+        compression: compressor.as_ref().map(|c| c.stats().clone()),
+    };
+    let lanes = archive.as_ref().map(|h| -> bizra::archive::Lanes {
+        Arc::new(std::sync::Mutex::new(
+            (0..a.workers.max(1)).map(|_| h.lane()).collect(),
+        ))
+    });
     // Ops endpoints first: a bad --http fails before any work starts.
     let started: bizra::telemetry::Ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let metrics = match &a.http {
@@ -344,14 +437,21 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 bizra::metrics::Metrics::register(&registry, &domains, &policy.version())
                     .context("registering metrics")?,
             );
-            let ops = bizra::http::Ops::new(registry, pubkey.clone());
+            let ops = bizra::http::Ops::new(registry, pubkey.clone(), recent.clone());
             bizra::http::serve(addr, ops.clone())?;
-            bizra::telemetry::spawn_ops_thread(ops, metrics.clone(), cfg.health.clone(), started.clone());
+            bizra::telemetry::spawn_ops_thread(
+                ops,
+                metrics.clone(),
+                cfg.health.clone(),
+                started.clone(),
+                memory.clone(),
+            );
             Some(metrics)
         }
         None => None,
     };
-    let telemetry = bizra::telemetry::Telemetry::new(metrics, cfg.stats.clone());
+    let mut telemetry = bizra::telemetry::Telemetry::new(metrics, cfg.stats.clone());
+    telemetry.consolidate = compressor.as_ref().map(|c| (cfg.consolidate.clone(), c.sender()));
     let mut run_id = [0u8; 8];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut run_id);
     let pipeline = PipelineConfig {
@@ -364,6 +464,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         keyring: Arc::new(keyring),
         signing_key: Arc::new(signing_key),
         run: run_id,
+        explain: cfg.output.explain.style(),
     };
     let cluster = Cluster {
         workers: a.workers.max(1),
@@ -380,6 +481,11 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         kafka.group_id = g.clone();
     }
     let bar = progress_bar(a.gen, a.quiet || !kafka.brokers.is_empty(), progress.clone());
+    let services = run::Services {
+        progress,
+        telemetry,
+        archive: lanes,
+    };
     let summary = if kafka.brokers.is_empty() {
         let outputs = Outputs {
             verdicts: if a.output == "-" {
@@ -395,15 +501,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             stats: a.stats.clone().map_or(OutputSpec::Discard, OutputSpec::File),
         };
         started.store(true, Ordering::Relaxed);
-        run::run(
-            cluster,
-            pipeline,
-            cfg.pipeline.clone(),
-            source,
-            outputs,
-            progress,
-            telemetry,
-        )
+        run::run(cluster, pipeline, cfg.pipeline.clone(), source, outputs, services)
     } else {
         if a.gen.is_some() || a.input != "-" || a.stats.is_some() {
             anyhow::bail!(
@@ -414,8 +512,15 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
         }
-        bizra::kafka::run(cluster, pipeline, kafka, shutdown, progress, telemetry, started)
+        bizra::kafka::run(cluster, pipeline, kafka, shutdown, started, services)
     };
+    if let Some(h) = archive {
+        // Every episode was acknowledged before the run ended; this finishes the segments.
+        h.close();
+    }
+    if let Some(c) = compressor {
+        c.close();
+    }
     if let Some((bar, stop, handle)) = bar {
         stop.store(u64::MAX, Ordering::Relaxed);
         let _ = handle.join();

@@ -60,6 +60,14 @@ pub struct Metrics {
     pub window_latency: GaugeVec,
     pub info: IntGaugeVec,
     pub state_entries: IntGaugeVec,
+    pub archive_episodes: IntCounter,
+    pub archive_bytes: IntCounterVec,
+    pub archive_errors: IntCounter,
+    pub archive_segments_deleted: IntCounter,
+    pub recall_episodes: IntGauge,
+    pub summaries: IntCounterVec,
+    pub summary_ratio: GaugeVec,
+    pub summary_seconds: GaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -228,6 +236,50 @@ impl Metrics {
                 ),
                 &["version", "policy_version"],
             )?,
+            archive_episodes: IntCounter::with_opts(opts(
+                "bizra_archive_episodes_total",
+                "Episodes written to the archive.",
+            ))?,
+            archive_bytes: IntCounterVec::new(
+                opts(
+                    "bizra_archive_bytes_total",
+                    "Archive bytes since start: episode JSON in, xz out (their ratio is the compression).",
+                ),
+                &["form"],
+            )?,
+            archive_errors: IntCounter::with_opts(opts(
+                "bizra_archive_errors_total",
+                "Failed archive writes, segment finishes and retention passes.",
+            ))?,
+            archive_segments_deleted: IntCounter::with_opts(opts(
+                "bizra_archive_segments_deleted_total",
+                "Segments deleted by retention.",
+            ))?,
+            recall_episodes: IntGauge::with_opts(opts(
+                "bizra_archive_recall_episodes",
+                "Episodes held by the recall cache behind /episodes/{id}.",
+            ))?,
+            summaries: IntCounterVec::new(
+                opts(
+                    "bizra_memory_summaries_total",
+                    "Window summaries (L2) by outcome: compressed, dropped (queue full), failed.",
+                ),
+                &["outcome"],
+            )?,
+            summary_ratio: GaugeVec::new(
+                opts(
+                    "bizra_memory_compression_ratio",
+                    "JSON/xz size ratio of the last window summaries compressed (sliding window), mean and max.",
+                ),
+                &["stat"],
+            )?,
+            summary_seconds: GaugeVec::new(
+                opts(
+                    "bizra_memory_compression_seconds",
+                    "Time to compress one window summary over the last ones (sliding window), mean and p95.",
+                ),
+                &["stat"],
+            )?,
             state_entries: IntGaugeVec::new(
                 opts(
                     "bizra_state_entries",
@@ -273,6 +325,14 @@ impl Metrics {
         r.register(Box::new(self.window_latency.clone()))?;
         r.register(Box::new(self.info.clone()))?;
         r.register(Box::new(self.state_entries.clone()))?;
+        r.register(Box::new(self.archive_episodes.clone()))?;
+        r.register(Box::new(self.archive_bytes.clone()))?;
+        r.register(Box::new(self.archive_errors.clone()))?;
+        r.register(Box::new(self.archive_segments_deleted.clone()))?;
+        r.register(Box::new(self.recall_episodes.clone()))?;
+        r.register(Box::new(self.summaries.clone()))?;
+        r.register(Box::new(self.summary_ratio.clone()))?;
+        r.register(Box::new(self.summary_seconds.clone()))?;
         Ok(())
     }
 
@@ -294,6 +354,18 @@ impl Metrics {
         }
         for s in Structure::ALL {
             self.state_entries.with_label_values(&[s.name()]);
+        }
+        for f in ["json", "xz"] {
+            self.archive_bytes.with_label_values(&[f]);
+        }
+        for o in ["compressed", "dropped", "failed"] {
+            self.summaries.with_label_values(&[o]);
+        }
+        for s in ["mean", "max"] {
+            self.summary_ratio.with_label_values(&[s]);
+        }
+        for s in ["mean", "p95"] {
+            self.summary_seconds.with_label_values(&[s]);
         }
         for domain in domains {
             for t in Tier::ALL {
@@ -338,6 +410,33 @@ impl Metrics {
         }
     }
 
+    /// Copies the archive writers' counters and the recall cache's size.
+    pub fn archive(&self, a: &crate::archive::ArchiveStats, recall: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+        catch_up(&self.archive_episodes, n(&a.episodes));
+        catch_up(&self.archive_bytes.with_label_values(&["json"]), n(&a.json_bytes));
+        catch_up(&self.archive_bytes.with_label_values(&["xz"]), n(&a.xz_bytes));
+        catch_up(&self.archive_errors, n(&a.errors));
+        catch_up(&self.archive_segments_deleted, n(&a.segments_deleted));
+        self.recall_episodes.set(recall as i64);
+    }
+
+    /// Copies the summary compressor's windowed statistics.
+    pub fn memory(&self, s: &crate::consolidate::Snapshot) {
+        catch_up(&self.summaries.with_label_values(&["compressed"]), s.compressed);
+        catch_up(&self.summaries.with_label_values(&["dropped"]), s.dropped);
+        catch_up(&self.summaries.with_label_values(&["failed"]), s.errors);
+        self.summary_ratio.with_label_values(&["mean"]).set(s.mean_ratio);
+        self.summary_ratio.with_label_values(&["max"]).set(s.max_ratio);
+        self.summary_seconds
+            .with_label_values(&["mean"])
+            .set(s.mean_seconds);
+        self.summary_seconds
+            .with_label_values(&["p95"])
+            .set(s.p95_seconds);
+    }
+
     /// Reads RSS, CPU time and the cgroup memory limit of this process (Linux; zero elsewhere).
     pub fn sample_process(&self) {
         let p = process_sample();
@@ -351,6 +450,14 @@ impl Metrics {
 }
 
 const QUANTILES: [&str; 3] = ["0.5", "0.95", "0.99"];
+
+/// Raises a counter to `total`, a count kept elsewhere (by a background thread).
+fn catch_up(c: &IntCounter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
 
 /// One reading of the process's resources.
 #[derive(Default)]

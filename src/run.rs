@@ -17,6 +17,7 @@ use anyhow::{bail, Context};
 use bizra_dataflows::dead_letter::ErrorKind;
 use bizra_dataflows::ethics::Severity;
 use bizra_dataflows::operators::commit::Output;
+use bizra_dataflows::operators::episodes::episodes;
 use bizra_dataflows::operators::{wall_ms, Structure};
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
 use bizra_dataflows::verdict::Decision;
@@ -28,6 +29,7 @@ use timely::dataflow::operators::Exchange;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
 
+use crate::archive::{archive_sink, ArchiveOutbox, Lanes};
 use crate::config::PipelineSettings;
 use crate::gen::Generator;
 use crate::io::{spawn_reader, spawn_writer, ChunkReceiver, InputSpec, OutputSpec};
@@ -313,16 +315,30 @@ impl Outbox {
     }
 }
 
-/// Runs the pipeline to the end of its input. `progress` counts observations out.
+/// What a run reports to and writes beside its outputs, the same for both drivers.
+#[derive(Clone)]
+pub struct Services {
+    /// Observations out, for the progress display.
+    pub progress: Arc<AtomicU64>,
+    pub telemetry: Telemetry,
+    /// The episode archive's lanes, one per worker, when the archive is on (`--data-dir`).
+    pub archive: Option<Lanes>,
+}
+
+/// Runs the pipeline to the end of its input.
 pub fn run(
     cluster: Cluster,
     cfg: PipelineConfig,
     pacing: PipelineSettings,
     source: Source,
     outputs: Outputs,
-    progress: Arc<AtomicU64>,
-    telemetry: Telemetry,
+    services: Services,
 ) -> anyhow::Result<Summary> {
+    let Services {
+        progress,
+        telemetry,
+        archive,
+    } = services;
     let started = Instant::now();
     let (epoch_records, max_inflight) = (pacing.epoch_records, pacing.max_inflight_epochs);
     let timely_cfg = cluster.timely_config()?;
@@ -379,6 +395,9 @@ pub fn run(
             bufs: Default::default(),
             queued: VecDeque::new(),
         }));
+        let archive = archive
+            .as_ref()
+            .map(|l| ArchiveOutbox::new(l.lock().expect("lanes lock").pop().expect("a lane per worker")));
         let is_reader = generator.is_none() && index == 0;
         let tel = Rc::new(RefCell::new(WorkerTelemetry::new(worker, &telemetry)));
         let observer = tel.borrow().observer();
@@ -399,6 +418,9 @@ pub fn run(
                 tel.borrow_mut().output(&o);
                 o
             });
+            if let Some(a) = &archive {
+                archive_sink(episodes(out.clone()), a.clone()).probe_with(&probe);
+            }
             if multi {
                 // With several processes every line goes to a worker of process 0, which
                 // writes; lines are encoded where they were made to spread the work.
@@ -426,7 +448,9 @@ pub fn run(
         let rx: Option<ChunkReceiver> = rx_guard;
         loop {
             let mut fed = false;
-            let room = !probe.less_than(&epoch.saturating_sub(max_inflight)) && outbox.borrow().is_idle();
+            let room = !probe.less_than(&epoch.saturating_sub(max_inflight))
+                && outbox.borrow().is_idle()
+                && archive.as_ref().is_none_or(|a| a.borrow().queued() == 0);
             if let (Some(handle), true) = (input.as_mut(), room) {
                 if let (Some(g), Some(n)) = (&generator, count) {
                     // Epoch k holds positions [k·E·P, (k+1)·E·P); this worker takes i ≡ index (mod P).
@@ -488,6 +512,15 @@ pub fn run(
             } else {
                 Some(Duration::from_millis(1))
             });
+            if let Some(a) = &archive {
+                let mut a = a.borrow_mut();
+                a.pump();
+                tel.borrow().state(Structure::ArchiveQueue, a.queued());
+                if let Some(e) = a.failed.take() {
+                    worker_errors.lock().expect("errors lock").push(e);
+                    break;
+                }
+            }
             let drained = input.is_none() && probe.done();
             tel.borrow()
                 .state(Structure::SinkQueue, outbox.borrow().queued.len());

@@ -12,6 +12,7 @@ use bizra_dataflows::operators::commit::Output;
 use bizra_dataflows::operators::{wall_ms, Observer, Structure};
 use bizra_dataflows::stats::{self, Sample, StatsConfig, WindowStats, Windows};
 
+use crate::consolidate::{ConsolidateConfig, Consolidator, SummarySender};
 use crate::metrics::{Metrics, WorkerMetrics};
 
 /// Process-wide telemetry settings and state, shared by the workers of one process.
@@ -19,6 +20,8 @@ use crate::metrics::{Metrics, WorkerMetrics};
 pub struct Telemetry {
     pub metrics: Option<Arc<Metrics>>,
     pub stats: StatsConfig,
+    /// Working-memory (L2) consolidation, when on: its settings and the compressor's queue.
+    pub consolidate: Option<(ConsolidateConfig, SummarySender)>,
     /// Highest event time any worker of this process has seen (`i64::MIN`: none yet).
     max_event_ms: Arc<AtomicI64>,
 }
@@ -28,6 +31,7 @@ impl Telemetry {
         Telemetry {
             metrics,
             stats,
+            consolidate: None,
             max_event_ms: Arc::new(AtomicI64::new(i64::MIN)),
         }
     }
@@ -49,6 +53,7 @@ pub struct WorkerTelemetry {
     shared: Telemetry,
     metrics: Option<Rc<RefCell<WorkerMetrics>>>,
     windows: Windows,
+    consolidator: Option<Consolidator>,
     samples: Vec<Sample>,
     max_event_ms: i64,
     late_reported: u64,
@@ -58,8 +63,12 @@ pub struct WorkerTelemetry {
 impl WorkerTelemetry {
     /// Builds the window-statistics dataflow on `worker`; call before the decision dataflow.
     pub fn new(worker: &mut timely::worker::Worker, shared: &Telemetry) -> WorkerTelemetry {
+        let consolidator = shared.consolidate.as_ref().map(|(cfg, _)| {
+            Consolidator::new(cfg, worker.index() as u32).expect("consolidate config was validated at start")
+        });
         WorkerTelemetry {
             windows: stats::windows(worker, &shared.stats),
+            consolidator,
             metrics: shared
                 .metrics
                 .as_ref()
@@ -99,6 +108,9 @@ impl WorkerTelemetry {
             m.borrow_mut().output(o);
         }
         if let Output::Verdict(v) = o {
+            if let Some(c) = &mut self.consolidator {
+                c.observe(v);
+            }
             self.max_event_ms = self.max_event_ms.max(v.event_ms);
             self.samples.push(Sample::from_verdict(v, &self.shared.stats));
         }
@@ -120,6 +132,16 @@ impl WorkerTelemetry {
             self.closed = true;
         } else if !self.closed {
             self.windows.advance(self.shared.watermark_ms());
+        }
+        if let (Some(c), Some((_, tx))) = (&mut self.consolidator, &self.shared.consolidate) {
+            let watermark = if finished {
+                i64::MAX
+            } else {
+                self.shared.watermark_ms() as i64
+            };
+            for s in c.advance(watermark) {
+                tx.try_send(s); // a full queue drops and counts (bizra_memory_summaries_total)
+            }
         }
         let out = self.windows.take();
         if let Some(m) = &self.metrics {
@@ -147,6 +169,13 @@ impl WorkerTelemetry {
     }
 }
 
+/// The memory layers' own counters, read by the ops thread for the metrics.
+#[derive(Clone, Default)]
+pub struct MemoryStats {
+    pub archive: Option<Arc<crate::archive::ArchiveStats>>,
+    pub compression: Option<Arc<crate::consolidate::CompressionStats>>,
+}
+
 /// Set by the drivers, read by `/readyz`.
 pub type Ready = Arc<AtomicBool>;
 
@@ -158,6 +187,7 @@ pub fn spawn_ops_thread(
     metrics: Arc<Metrics>,
     health: crate::health::HealthConfig,
     started: Ready,
+    memory: MemoryStats,
 ) -> std::thread::JoinHandle<()> {
     use crate::health::{Circuit, HealthMonitor, Sample as HealthSample};
     use prometheus::core::Collector;
@@ -169,6 +199,12 @@ pub fn spawn_ops_thread(
             let clock = std::time::Instant::now();
             loop {
                 metrics.sample_process();
+                if let Some(a) = &memory.archive {
+                    metrics.archive(a, ops.recent.as_ref().map_or(0, |r| r.len()));
+                }
+                if let Some(c) = &memory.compression {
+                    metrics.memory(&c.snapshot());
+                }
                 let verdicts = sum_of(&metrics.verdicts);
                 let dead = sum_of(&metrics.dead_letters);
                 let lag: Option<u64> = {

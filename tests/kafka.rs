@@ -303,7 +303,14 @@ fn round_trip_with_bad_records_and_graceful_stop() {
     produce(&broker, &lines, 8);
 
     let http = format!("127.0.0.1:{}", free_port());
-    let mut run = bizra(&broker, dir.path(), &["-w", "2", "--http", &http]);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let data_arg = data.to_str().unwrap();
+    let mut run = bizra(
+        &broker,
+        dir.path(),
+        &["-w", "2", "--http", &http, "--data-dir", data_arg],
+    );
     let expected_bad = lines
         .iter()
         .filter(|l| bizra_dataflows::decode::decode(l, &Default::default()).is_err())
@@ -348,6 +355,31 @@ fn round_trip_with_bad_records_and_graceful_stop() {
 
     let commitments = read_to_end(&broker, "bizra.commitments");
     verify(dir.path(), &pubkey, &verdicts, &commitments);
+
+    // Issue 5: one archived episode per commitment, and the chains verify. Offsets were
+    // committed, so every episode was written before (lag 0 above).
+    assert_eq!(m("bizra_archive_episodes_total"), commitments.len() as f64);
+    let audit = Command::new(env!("CARGO_BIN_EXE_bizra"))
+        .args(["audit", "verify", "--data-dir", data_arg])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&audit.stdout).into_owned();
+    assert!(audit.status.success(), "{report}");
+    let episodes: usize = report
+        .lines()
+        .filter(|l| l.starts_with("shard "))
+        .map(|l| {
+            l.split(": ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(episodes, commitments.len(), "{report}");
 
     // Window statistics: after the stop every window is closed and written; their counts
     // add up to the verdicts times the windows each verdict falls in (60 s / 10 s).

@@ -1,5 +1,6 @@
 //! The one integration-test binary: each module proves one area of behaviour.
 
+mod archive;
 mod cli;
 mod common;
 mod decode_props;

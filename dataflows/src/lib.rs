@@ -8,12 +8,16 @@
 //! - `convergence`, `value`, `ethics`, `snr`: the scoring stages (SPEC §2.1, §2.3–§2.5).
 //! - `verification/`: digest, signatures, replay guard, tiers, Merkle trees, commitments.
 //! - `verdict`: the output record (SPEC §1.2); `record`: what flows between operators.
+//! - `explain`: the optional human-readable `explanation` of a verdict, in three styles.
+//! - `episode`: the compact per-batch record of the audit archive and its hash chain.
 //! - `operators/`: timely operators wrapping the stages; `pipeline` wires them.
 
 pub mod convergence;
 pub mod dead_letter;
 pub mod decode;
+pub mod episode;
 pub mod ethics;
+pub mod explain;
 pub mod observation;
 pub mod operators;
 pub mod pipeline;

@@ -1,7 +1,7 @@
 //! The decision dataflow, wired once for every source and sink: raw records → decode (bad →
-//! dead letters) → convergence → verify (exchanged by id bucket) → value, ethics, SNR →
-//! commit → [`Output`]. Sources and sinks are the runtime's business; this file only
-//! connects stages.
+//! dead letters) → convergence → verify (exchanged by id bucket) → value, ethics, SNR and the
+//! optional explanation → commit → [`Output`]. Sources and sinks are the runtime's business;
+//! this file only connects stages.
 
 use std::sync::Arc;
 
@@ -15,12 +15,13 @@ use timely::dataflow::StreamVec;
 use crate::convergence::converge;
 use crate::dead_letter::{DeadLetter, DecodeError, ErrorKind};
 use crate::decode::{decode, Limits};
+use crate::explain::{explain, Style};
 use crate::observation::{InputRef, Origin};
 use crate::operators::commit::{commit, Output};
 use crate::operators::verify::verify;
 use crate::operators::{timed_map, wall_ms, Observer, Stage};
 use crate::policy::Policy;
-use crate::record::{Decoded, Scored};
+use crate::record::{Assessed, Checked, Decoded, Scored};
 use crate::verdict::assess;
 use crate::verification::replay::id_hash;
 use crate::verification::signature::Keyring;
@@ -52,6 +53,9 @@ pub struct PipelineConfig {
     pub signing_key: Arc<SigningKey>,
     /// This run's id: commitment chains are per (run, shard).
     pub run: [u8; 8],
+    /// Style of the verdicts' `explanation` (`output.explain`); `None` writes none and costs
+    /// nothing, since it is formatting work per record on the hot path.
+    pub explain: Option<Style>,
 }
 
 /// Decodes one raw record into a routed observation or a dead letter.
@@ -86,6 +90,15 @@ pub fn decode_record(
     }
 }
 
+/// The assess step: the verdict of a verified record and, if `style` is set, its explanation.
+pub fn assess_record(c: Checked, policy: &Policy, version: &str, style: Option<Style>) -> Assessed {
+    let mut a = assess(c, policy, version);
+    if let Some(style) = style {
+        a.verdict.explanation = Some(explain(&a.verdict, style));
+    }
+    a
+}
+
 /// Builds the decision dataflow over `raw` and returns everything to write. `observer`, if
 /// any, is told each stage's time per batch of records.
 pub fn build<'s>(
@@ -114,8 +127,9 @@ pub fn build<'s>(
 
     let policy = cfg.policy.clone();
     let version: Arc<str> = policy.version().into();
+    let style = cfg.explain;
     let assessed = timed_map(checked, Stage::Assess, observer.clone(), move |e| {
-        e.map(|c| assess(c, &policy, &version))
+        e.map(|c| assess_record(c, &policy, &version, style))
     });
 
     commit(assessed, cfg.run, cfg.signing_key.clone(), observer).concat(dead.map(Output::DeadLetter))

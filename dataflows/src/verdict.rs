@@ -75,12 +75,21 @@ pub struct Verdict {
     /// `sha256:<hex>` of the payload: with the fields above it rebuilds the Merkle leaf, so a
     /// verdict can be checked against its commitment without the original payload.
     pub payload_digest: String,
+    /// Human-readable account of the fields above in the configured `output.explain` style;
+    /// absent when off (the default). Derived from this verdict's own numbers only, so it
+    /// adds no information and is not committed to by the Merkle leaf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
     /// Event time of the observation (ms): keys the window statistics; not on the wire.
     #[serde(skip)]
     pub event_ms: i64,
     /// `context.domain` of the observation, if any: keys the window statistics; not on the wire.
     #[serde(skip)]
     pub domain: Option<String>,
+    /// The observation's `features`, kept for the episode archive's similarity recall; not on
+    /// the wire.
+    #[serde(skip)]
+    pub features: Option<Vec<f64>>,
 }
 
 impl Verdict {
@@ -111,10 +120,14 @@ impl Verdict {
 /// Runs value, ethics, consistency and SNR on a verified record and computes its leaf.
 pub fn assess(c: Checked, policy: &Policy, policy_version: &str) -> Assessed {
     let Checked {
-        scored,
+        mut scored,
         verification,
         batch,
     } = c;
+    // Moved, not copied: the observation is not needed after this stage.
+    let id = std::mem::take(&mut scored.decoded.obs.id);
+    let domain = scored.decoded.obs.context.domain.take();
+    let features = scored.decoded.obs.features.take();
     let obs = &scored.decoded.obs;
     let conv = scored.convergence;
     let prov = Provenance {
@@ -134,8 +147,8 @@ pub fn assess(c: Checked, policy: &Policy, policy_version: &str) -> Assessed {
     );
     let permitted = ethics.permitted && verification.valid;
     let verdict = Box::new(Verdict {
-        id: obs.id.clone(),
-        input: scored.decoded.origin.input.clone(),
+        id,
+        input: scored.decoded.origin.input.take(),
         policy_version: policy_version.to_owned(),
         decision: Decision::of(permitted, ethics.severity),
         permitted,
@@ -149,8 +162,10 @@ pub fn assess(c: Checked, policy: &Policy, policy_version: &str) -> Assessed {
         proof: None,
         latency_ms: 0.0,
         payload_digest: format!("sha256:{}", hex::encode(obs.payload_sha256)),
+        explanation: None,
         event_ms: scored.decoded.origin.event_ms,
-        domain: obs.context.domain.clone(),
+        domain,
+        features,
     });
     let leaf = verdict.leaf_fields(&obs.payload_sha256).hash();
     Assessed {

@@ -154,6 +154,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use bizra_dataflows::operators::episodes::episodes;
 use bizra_dataflows::operators::Structure;
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
 use rdkafka::consumer::CommitMode;
@@ -161,7 +162,8 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
-use crate::run::{Cluster, Summary};
+use crate::archive::{archive_sink, ArchiveOutbox, Lanes};
+use crate::run::{Cluster, Services, Summary};
 use crate::telemetry::{Ready, Telemetry, WorkerTelemetry};
 use breaker::Breaker;
 use offsets::OffsetTracker;
@@ -173,10 +175,14 @@ pub fn run(
     cfg: PipelineConfig,
     kafka: KafkaConfig,
     shutdown: Arc<AtomicBool>,
-    progress: Arc<AtomicU64>,
-    telemetry: Telemetry,
     ready: Ready,
+    services: Services,
 ) -> anyhow::Result<Summary> {
+    let Services {
+        progress,
+        telemetry,
+        archive,
+    } = services;
     let started = Instant::now();
     let partitions = source::partition_count(&kafka)?;
     let assigned = Arc::new(AtomicUsize::new(0));
@@ -191,6 +197,7 @@ pub fn run(
             shutdown: &shutdown,
             progress: &progress,
             telemetry: &telemetry,
+            archive: archive.as_ref(),
             on_assigned: &|| {
                 // Ready once every worker of this process has its partitions.
                 if assigned.fetch_add(1, Ordering::Relaxed) + 1 == cluster.workers {
@@ -225,6 +232,8 @@ struct Control<'a> {
     /// Observations out, for the progress display.
     progress: &'a AtomicU64,
     telemetry: &'a Telemetry,
+    /// The episode archive's lanes, one per worker, when the archive is on.
+    archive: Option<&'a Lanes>,
     /// Called once the worker's partitions are assigned.
     on_assigned: &'a dyn Fn(),
 }
@@ -240,8 +249,11 @@ fn worker_loop(
         shutdown,
         progress,
         telemetry,
+        archive,
         on_assigned,
     } = *control;
+    let archive =
+        archive.map(|l| ArchiveOutbox::new(l.lock().expect("lanes lock").pop().expect("a lane per worker")));
     let index = worker.index();
     let peers = worker.peers();
     let mine = source::assigned(partitions, index, peers);
@@ -276,6 +288,9 @@ fn worker_loop(
             tel.borrow_mut().output(&o);
             o
         });
+        if let Some(a) = &archive {
+            archive_sink(episodes(out.clone()), a.clone()).probe_with(&probe);
+        }
         sink::sink(out, outbox.clone()).probe_with(&probe);
     });
 
@@ -306,6 +321,7 @@ fn worker_loop(
             let delivered = probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
             let room = tick.saturating_sub(delivered) <= kafka.max_inflight_ticks
                 && outbox.borrow().queued() < kafka.max_records_per_tick * 4
+                && archive.as_ref().is_none_or(|a| a.borrow().queued() == 0)
                 && breaker.allow(now_ms)
                 && outbox.borrow().fatal.is_none();
             if room {
@@ -326,6 +342,14 @@ fn worker_loop(
         };
         worker.step_or_park(park);
 
+        if let Some(a) = &archive {
+            let mut a = a.borrow_mut();
+            a.pump();
+            tel.borrow().state(Structure::ArchiveQueue, a.queued());
+            if let Some(e) = &a.failed {
+                bail!("{e}; offsets after the last committed ones will be read again on restart");
+            }
+        }
         let drained = input.is_none() && probe.done();
         {
             let mut ob = outbox.borrow_mut();

@@ -2,6 +2,7 @@
 //! One operator per file; none does I/O or blocks.
 
 pub mod commit;
+pub mod episodes;
 pub mod verify;
 
 /// Milliseconds on a monotonic clock private to one operator.
@@ -75,10 +76,12 @@ pub enum Structure {
     OffsetEpochs,
     /// Samples kept by the health monitor.
     HealthHistory,
+    /// Episodes waiting for room in the archive writer's queue.
+    ArchiveQueue,
 }
 
 impl Structure {
-    pub const ALL: [Structure; 7] = [
+    pub const ALL: [Structure; 8] = [
         Structure::ReplayGuard,
         Structure::VerifyStash,
         Structure::CommitBatches,
@@ -86,6 +89,7 @@ impl Structure {
         Structure::SinkQueue,
         Structure::OffsetEpochs,
         Structure::HealthHistory,
+        Structure::ArchiveQueue,
     ];
 
     /// Label value of the `structure` label.
@@ -98,6 +102,7 @@ impl Structure {
             Structure::SinkQueue => "sink_queue",
             Structure::OffsetEpochs => "offset_epochs",
             Structure::HealthHistory => "health_history",
+            Structure::ArchiveQueue => "archive_queue",
         }
     }
 }

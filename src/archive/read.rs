@@ -1,0 +1,143 @@
+//! Reading the archive: an iterator over every stored episode (shard by shard, in chain order)
+//! and the lookup of an observation id, a linear scan over all segments (no index). Neither
+//! checks the chain; that is `verify`'s job. A torn tail ends its segment silently.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use bizra_dataflows::episode::{Digest64, Episode};
+
+use super::segment::{list_segments, list_shards, shard_dir, SegmentEnd, SegmentReader};
+use super::ArchiveError;
+
+/// An episode as stored, with where it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    pub shard: u32,
+    /// Position in the shard's chain.
+    pub index: u64,
+    /// The segment file and the 1-based line in its decompressed content.
+    pub path: PathBuf,
+    pub line: u64,
+    /// When the writer stored it (not covered by the chain).
+    pub written_ms: u64,
+    /// The chain root after this episode.
+    pub root: Digest64,
+    pub episode: Episode,
+}
+
+/// Every stored episode of the archive at `dir`: shards ascending, then segments and lines in
+/// order. A segment that does not decode yields its error and the iterator goes on with the next
+/// one; a malformed line yields its error and the rest of its segment is still read.
+pub fn episodes(dir: &Path) -> Result<Episodes, ArchiveError> {
+    let mut segments = VecDeque::new();
+    for shard in list_shards(dir)? {
+        for (_, path) in list_segments(&shard_dir(dir, shard))? {
+            segments.push_back((shard, path));
+        }
+    }
+    Ok(Episodes {
+        segments,
+        current: None,
+    })
+}
+
+/// The iterator of [`episodes`]; it holds one open segment at a time.
+pub struct Episodes {
+    segments: VecDeque<(u32, PathBuf)>,
+    current: Option<(u32, SegmentReader)>,
+}
+
+impl Iterator for Episodes {
+    type Item = Result<Stored, ArchiveError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (shard, reader) = match &mut self.current {
+                Some(current) => current,
+                empty => {
+                    let (shard, path) = self.segments.pop_front()?;
+                    match SegmentReader::open(&path) {
+                        Ok(reader) => empty.insert((shard, reader)),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            };
+            let line = match reader.next_line() {
+                Ok(line) => line,
+                Err(SegmentEnd::Finished | SegmentEnd::Torn { .. }) => {
+                    self.current = None;
+                    continue;
+                }
+                Err(SegmentEnd::Corrupt { offset, error }) => {
+                    let e = ArchiveError::Decode {
+                        path: reader.path.clone(),
+                        line: reader.lines + 1,
+                        offset,
+                        source: error,
+                    };
+                    self.current = None;
+                    return Some(Err(e));
+                }
+            };
+            let parsed = super::segment::parse_line(&reader.path, reader.lines, &line);
+            return Some(parsed.map(|e| Stored {
+                shard: *shard,
+                index: e.index,
+                path: reader.path.clone(),
+                line: reader.lines,
+                written_ms: e.written_ms,
+                root: e.root,
+                episode: e.episode,
+            }));
+        }
+    }
+}
+
+/// Every stored episode with a record of observation `id`, oldest first (by write time, then
+/// shard and index). Scans the whole archive; an unreadable segment is an error.
+pub fn find(dir: &Path, id: &str) -> Result<Vec<Stored>, ArchiveError> {
+    let has_id = |s: &Result<Stored, ArchiveError>| {
+        s.as_ref()
+            .map_or(true, |s| s.episode.records.iter().any(|r| r.id == id))
+    };
+    let mut found = episodes(dir)?.filter(has_id).collect::<Result<Vec<_>, _>>()?;
+    found.sort_by_key(|s| (s.written_ms, s.shard, s.index));
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::test_util::{config, episode, write};
+
+    #[test]
+    fn find_returns_every_episode_with_the_id_newest_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let eps = [
+            episode(0, 0, &["b"]),
+            episode(0, 1, &["x"]),
+            episode(1, 0, &["a", "x"]),
+            episode(1, 1, &["c"]),
+        ];
+        write(&config(dir.path()), eps[..3].to_vec());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        write(&config(dir.path()), vec![eps[3].clone(), eps[2].clone()]);
+        let found = find(dir.path(), "x").unwrap();
+        let at: Vec<(u32, u64, u64)> = found.iter().map(|s| (s.shard, s.index, s.line)).collect();
+        assert_eq!(at, [(0, 1, 2), (1, 0, 1), (1, 2, 2)], "{found:?}");
+        assert!(found[1].written_ms < found[2].written_ms);
+        assert_eq!(found[2].path.file_name().unwrap(), "seg-000000000001.xz");
+        assert_eq!(found[0].episode, eps[1]);
+        assert!(find(dir.path(), "nope").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_missing_archive_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let Err(e) = episodes(&dir.path().join("gone")) else {
+            panic!("a missing directory listed")
+        };
+        assert!(e.to_string().contains("gone: list directory"), "{e}");
+    }
+}

@@ -1,0 +1,538 @@
+//! Verification: replays every shard's chain from its checkpoint (or from root₀) through all its
+//! segments and reports the first break per shard with its file and position. It reads only;
+//! it does not repair, and cannot notice complete episodes cut from the end of the newest
+//! segment (nothing after them refers to them).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use bizra_dataflows::episode::{chain, Digest64, ROOT_0};
+
+use super::segment::{
+    list_segments, list_shards, parse_line, read_checkpoint, shard_dir, SegmentEnd, SegmentReader,
+};
+use super::ArchiveError;
+
+/// The outcome of [`verify`]: one report per shard, ascending.
+#[derive(Debug)]
+pub struct VerifyReport {
+    pub shards: Vec<ShardReport>,
+}
+
+impl VerifyReport {
+    /// True if no shard has a break (warnings allowed).
+    pub fn is_ok(&self) -> bool {
+        self.shards.iter().all(|s| s.broken.is_none())
+    }
+}
+
+#[derive(Debug)]
+pub struct ShardReport {
+    pub shard: u32,
+    /// The index the chain was replayed from: the checkpoint's, else 0.
+    pub start: u64,
+    /// Episodes that verified.
+    pub episodes: u64,
+    /// The index after the last episode that verified.
+    pub next_index: u64,
+    /// The chain root after the last episode that verified.
+    pub root: Digest64,
+    /// The first break, after which nothing of the shard was checked.
+    pub broken: Option<Break>,
+    pub warnings: Vec<Warning>,
+}
+
+/// Where and how a chain breaks.
+#[derive(Debug)]
+pub struct Break {
+    pub path: PathBuf,
+    /// 1-based line of the decompressed segment; 0 for the file itself (its name).
+    pub line: u64,
+    /// The chain index expected at that position.
+    pub index: u64,
+    pub problem: Problem,
+}
+
+#[derive(Debug)]
+pub enum Problem {
+    /// The segment does not open.
+    Unreadable(String),
+    /// Decoding stopped at compressed byte `offset`.
+    Decode {
+        offset: u64,
+        error: String,
+    },
+    /// The line is not an episode line.
+    Malformed(String),
+    /// The file name's first index is not where the chain is.
+    SegmentStart {
+        expected: u64,
+        found: u64,
+    },
+    Index {
+        expected: u64,
+        found: u64,
+    },
+    Shard {
+        expected: u32,
+        found: u32,
+    },
+    /// `prev` is not the previous root.
+    Prev {
+        found: Digest64,
+        expected: Digest64,
+    },
+    /// `hash` is not the hash of the stored episode.
+    Hash {
+        found: Digest64,
+        computed: Digest64,
+    },
+    /// `root` is not SHA3-512(prev ‖ hash).
+    Root {
+        found: Digest64,
+        computed: Digest64,
+    },
+    /// The records do not rebuild the episode's signed Merkle root.
+    MerkleRoot,
+}
+
+/// Something odd that does not break the chain.
+#[derive(Debug)]
+pub enum Warning {
+    /// The segment has no xz stream end: its writer was killed or is still writing.
+    Torn {
+        path: PathBuf,
+        complete: u64,
+        partial_bytes: usize,
+    },
+    /// A segment before the checkpoint, left by an interrupted retention pass; not checked.
+    BeforeCheckpoint { path: PathBuf },
+}
+
+/// Replays every shard's chain in `dir`. Errors are for an unreadable directory or checkpoint;
+/// everything about the segments is in the report.
+pub fn verify(dir: &Path) -> Result<VerifyReport, ArchiveError> {
+    let shards = list_shards(dir)?
+        .into_iter()
+        .map(|shard| verify_shard(dir, shard))
+        .collect::<Result<_, _>>()?;
+    Ok(VerifyReport { shards })
+}
+
+fn verify_shard(dir: &Path, shard: u32) -> Result<ShardReport, ArchiveError> {
+    let sdir = shard_dir(dir, shard);
+    let (start, root) = match read_checkpoint(&sdir)? {
+        Some(cp) => (cp.first_index, cp.prev),
+        None => (0, ROOT_0),
+    };
+    let mut report = ShardReport {
+        shard,
+        start,
+        episodes: 0,
+        next_index: start,
+        root,
+        broken: None,
+        warnings: Vec::new(),
+    };
+    for (first, path) in list_segments(&sdir)? {
+        if first < start {
+            report.warnings.push(Warning::BeforeCheckpoint { path });
+            continue;
+        }
+        if let Err(problem) = verify_segment(&path, first, &mut report) {
+            report.broken = Some(*problem);
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Replays one segment into `report`; the error is the first break.
+fn verify_segment(path: &Path, first: u64, report: &mut ShardReport) -> Result<(), Box<Break>> {
+    let at = |line, index, problem| {
+        Box::new(Break {
+            path: path.to_path_buf(),
+            line,
+            index,
+            problem,
+        })
+    };
+    if first != report.next_index {
+        let (expected, found) = (report.next_index, first);
+        return Err(at(0, expected, Problem::SegmentStart { expected, found }));
+    }
+    let mut reader =
+        SegmentReader::open(path).map_err(|e| at(0, first, Problem::Unreadable(e.to_string())))?;
+    loop {
+        let line = match reader.next_line() {
+            Ok(line) => line,
+            Err(SegmentEnd::Finished) => return Ok(()),
+            Err(SegmentEnd::Torn { partial_bytes }) => {
+                report.warnings.push(Warning::Torn {
+                    path: path.to_path_buf(),
+                    complete: reader.lines,
+                    partial_bytes,
+                });
+                return Ok(());
+            }
+            Err(SegmentEnd::Corrupt { offset, error }) => {
+                let error = error.to_string();
+                return Err(at(
+                    reader.lines + 1,
+                    report.next_index,
+                    Problem::Decode { offset, error },
+                ));
+            }
+        };
+        let (n, index) = (reader.lines, report.next_index);
+        let e = parse_line(path, n, &line).map_err(|e| at(n, index, Problem::Malformed(e.to_string())))?;
+        let computed = e.episode.content_hash();
+        let root = chain(&report.root, &computed);
+        let problem = if e.index != index {
+            Some(Problem::Index {
+                expected: index,
+                found: e.index,
+            })
+        } else if e.episode.shard != report.shard {
+            Some(Problem::Shard {
+                expected: report.shard,
+                found: e.episode.shard,
+            })
+        } else if e.prev != report.root {
+            let expected = report.root;
+            Some(Problem::Prev {
+                found: e.prev,
+                expected,
+            })
+        } else if e.hash != computed {
+            Some(Problem::Hash {
+                found: e.hash,
+                computed,
+            })
+        } else if e.root != root {
+            Some(Problem::Root {
+                found: e.root,
+                computed: root,
+            })
+        } else if !e.episode.matches_root() {
+            Some(Problem::MerkleRoot)
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(at(n, index, problem));
+        }
+        report.episodes += 1;
+        report.next_index += 1;
+        report.root = root;
+    }
+}
+
+/// The first 16 hex digits of a digest, for messages.
+fn short(d: &Digest64) -> String {
+    format!("{}…", hex::encode(&d[..8]))
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Unreadable(e) => write!(f, "cannot open: {e}"),
+            Problem::Decode { offset, error } => {
+                write!(f, "xz decoding failed at compressed byte {offset}: {error}")
+            }
+            Problem::Malformed(e) => write!(f, "{e}"),
+            Problem::SegmentStart { expected, found } => write!(
+                f,
+                "expected the next segment to start at index {expected}, its name says {found} (segments missing or cut)"
+            ),
+            Problem::Index { expected, found } => write!(f, "expected index {expected}, found {found}"),
+            Problem::Shard { expected, found } => {
+                write!(f, "expected an episode of shard {expected}, found shard {found}")
+            }
+            Problem::Prev { found, expected } => {
+                write!(
+                    f,
+                    "prev: expected the previous root {}, found {}",
+                    short(expected),
+                    short(found)
+                )
+            }
+            Problem::Hash { found, computed } => write!(
+                f,
+                "hash: expected the episode's hash {}, found {} (episode edited)",
+                short(computed),
+                short(found)
+            ),
+            Problem::Root { found, computed } => {
+                write!(
+                    f,
+                    "root: expected SHA3-512(prev ‖ hash) {}, found {}",
+                    short(computed),
+                    short(found)
+                )
+            }
+            Problem::MerkleRoot => write!(f, "the records do not rebuild the episode's signed Merkle root"),
+        }
+    }
+}
+
+impl fmt::Display for Break {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = self.path.display();
+        match self.line {
+            0 => write!(f, "{path} (episode index {}): {}", self.index, self.problem),
+            line => write!(
+                f,
+                "{path} line {line} (episode index {}): {}",
+                self.index, self.problem
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::Torn {
+                path,
+                complete,
+                partial_bytes,
+            } => write!(
+                f,
+                "{}: torn tail (writer killed or still writing): {complete} complete episodes, then {partial_bytes} bytes of an incomplete one",
+                path.display()
+            ),
+            Warning::BeforeCheckpoint { path } => {
+                write!(f, "{}: before the checkpoint (retention interrupted), not checked", path.display())
+            }
+        }
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.shards.is_empty() {
+            return writeln!(f, "no shards");
+        }
+        for s in &self.shards {
+            let verdict = if s.broken.is_some() { "BROKEN" } else { "ok" };
+            writeln!(
+                f,
+                "shard {:05}: {} episodes verified, index {}..{}, root {}: {verdict}",
+                s.shard,
+                s.episodes,
+                s.start,
+                s.next_index,
+                short(&s.root)
+            )?;
+            if let Some(b) = &s.broken {
+                writeln!(f, "  break: {b}")?;
+            }
+            for w in &s.warnings {
+                writeln!(f, "  warning: {w}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::{BufRead, Read};
+
+    use bizra_dataflows::episode::Episode;
+    use xz2::read::{XzDecoder, XzEncoder};
+
+    use super::*;
+    use crate::archive::segment::segment_path;
+    use crate::archive::test_util::{config, episode, episodes, write};
+    use crate::archive::ArchiveConfig;
+
+    /// Two segments of 5 episodes (indexes 0..5 and 5..10) on shard 0.
+    fn archive() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let eps = episodes(0, 10);
+        write(&config(dir.path()), eps[..5].to_vec());
+        write(&config(dir.path()), eps[5..].to_vec());
+        dir
+    }
+
+    fn second(dir: &Path) -> PathBuf {
+        segment_path(dir, 0, 5)
+    }
+
+    fn broken(dir: &Path) -> Break {
+        let report = verify(dir).unwrap();
+        let shard = report.shards.into_iter().next().unwrap();
+        assert_eq!(shard.episodes, shard.broken.as_ref().map_or(10, |b| b.index));
+        shard.broken.expect("a break")
+    }
+
+    /// Rewrites the second segment's content through `edit`, as a valid xz stream.
+    fn rewrite(dir: &Path, edit: impl FnOnce(&mut Vec<String>)) {
+        let mut text = String::new();
+        XzDecoder::new(fs::File::open(second(dir)).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        edit(&mut lines);
+        let mut xz = Vec::new();
+        XzEncoder::new((lines.join("\n") + "\n").as_bytes(), 0)
+            .read_to_end(&mut xz)
+            .unwrap();
+        fs::write(second(dir), xz).unwrap();
+    }
+
+    #[test]
+    fn an_intact_archive_verifies() {
+        let dir = archive();
+        let report = verify(dir.path()).unwrap();
+        assert!(report.is_ok(), "{report}");
+        let text = report.to_string();
+        assert!(
+            text.starts_with("shard 00000: 10 episodes verified, index 0..10, root "),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with(": ok"), "{text}");
+    }
+
+    /// Complete lines that the prefix `xz` of a segment decodes to.
+    fn complete_lines(xz: &[u8]) -> usize {
+        let mut reader = std::io::BufReader::new(XzDecoder::new(xz));
+        let mut line = Vec::new();
+        let mut n = 0;
+        while matches!(reader.read_until(b'\n', &mut line), Ok(k) if k > 0) && line.ends_with(b"\n") {
+            n += 1;
+            line.clear();
+        }
+        n
+    }
+
+    #[test]
+    fn a_flipped_compressed_byte_is_a_break_at_its_episode_in_that_file() {
+        let dir = archive();
+        let mut bytes = fs::read(second(dir.path())).unwrap();
+        let lens: Vec<usize> = (0..=bytes.len()).collect();
+        let shortest = |n| lens.partition_point(|&len| complete_lines(&bytes[..len]) < n);
+        let inside_third = (shortest(2) + shortest(3)) / 2;
+        bytes[inside_third] ^= 0x55;
+        fs::write(second(dir.path()), &bytes).unwrap();
+        let b = broken(dir.path());
+        assert_eq!(
+            (b.path.clone(), b.line, b.index),
+            (second(dir.path()), 3, 7),
+            "{b}"
+        );
+        // liblzma refuses the block, or the garbage it decoded before the block check fails.
+        assert!(
+            !matches!(b.problem, Problem::SegmentStart { .. } | Problem::Unreadable(_)),
+            "{b}"
+        );
+        let prefix = format!("{} line 3 (episode index 7): ", second(dir.path()).display());
+        assert!(b.to_string().starts_with(&prefix), "{b}");
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_xz_header_is_a_decode_break_at_line_1() {
+        let dir = archive();
+        let mut bytes = fs::read(second(dir.path())).unwrap();
+        bytes[8] ^= 1; // stream flags CRC32
+        fs::write(second(dir.path()), &bytes).unwrap();
+        let b = broken(dir.path());
+        assert!(matches!(b.problem, Problem::Decode { .. }), "{b}");
+        assert_eq!((b.line, b.index), (1, 5), "{b}");
+    }
+
+    #[test]
+    fn an_edited_episode_is_a_hash_break_at_its_line() {
+        let dir = archive();
+        rewrite(dir.path(), |lines| {
+            lines[2] = lines[2].replace("\"permit\"", "\"deny\"")
+        });
+        let b = broken(dir.path());
+        assert_eq!((b.line, b.index), (3, 7), "{b}");
+        assert!(matches!(b.problem, Problem::Hash { .. }), "{b}");
+    }
+
+    #[test]
+    fn an_episode_rehashed_after_editing_breaks_the_next_link() {
+        let dir = archive();
+        rewrite(dir.path(), |lines| {
+            let mut v: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+            let mut ep: Episode = serde_json::from_value(v["episode"].take()).unwrap();
+            ep.records[0].value = 0.9;
+            let prev: Vec<u8> = hex::decode(v["prev"].as_str().unwrap()).unwrap();
+            let hash = ep.content_hash();
+            let root = chain(&prev.try_into().unwrap(), &hash);
+            v["hash"] = hex::encode(hash).into();
+            v["root"] = hex::encode(root).into();
+            v["episode"] = serde_json::to_value(&ep).unwrap();
+            lines[1] = v.to_string();
+        });
+        let b = broken(dir.path());
+        // The edited record no longer rebuilds the signed Merkle root, before the chain notices.
+        assert_eq!((b.line, b.index), (2, 6), "{b}");
+        assert!(matches!(b.problem, Problem::MerkleRoot), "{b}");
+    }
+
+    #[test]
+    fn bytes_after_the_stream_end_are_a_decode_break() {
+        let dir = archive();
+        let mut bytes = fs::read(second(dir.path())).unwrap();
+        bytes.extend_from_slice(b"junk");
+        fs::write(second(dir.path()), &bytes).unwrap();
+        let b = broken(dir.path());
+        assert_eq!((b.line, b.index), (6, 10), "{b}");
+        assert!(
+            b.to_string().contains("4+ bytes after the end of the xz stream"),
+            "{b}"
+        );
+    }
+
+    #[test]
+    fn a_removed_episode_breaks_index_continuity() {
+        let dir = archive();
+        rewrite(dir.path(), |lines| {
+            lines.remove(1);
+        });
+        let b = broken(dir.path());
+        assert_eq!((b.line, b.index), (2, 6), "{b}");
+        assert!(matches!(b.problem, Problem::Index { found: 7, .. }), "{b}");
+    }
+
+    #[test]
+    fn a_missing_segment_is_a_break_at_the_next_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig {
+            segment_bytes: 1,
+            ..config(dir.path())
+        };
+        write(&cfg, episodes(2, 4));
+        fs::remove_file(segment_path(dir.path(), 2, 1)).unwrap();
+        let report = verify(dir.path()).unwrap();
+        let b = report.shards[0].broken.as_ref().unwrap();
+        assert_eq!(
+            (b.path.clone(), b.line, b.index),
+            (segment_path(dir.path(), 2, 2), 0, 1)
+        );
+        assert!(
+            matches!(b.problem, Problem::SegmentStart { found: 2, .. }),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn an_episode_that_does_not_rebuild_its_root_is_a_break() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ep = episode(0, 0, &["a", "b"]);
+        ep.root = "00".repeat(32);
+        write(&config(dir.path()), vec![ep]);
+        let report = verify(dir.path()).unwrap();
+        let b = report.shards[0].broken.as_ref().unwrap();
+        assert!(
+            matches!(b.problem, Problem::MerkleRoot) && b.line == 1,
+            "{report}"
+        );
+    }
+}

@@ -1,0 +1,603 @@
+//! The writer pool: background threads that append episodes to their shards' segments, so no xz
+//! runs on a timely worker. Shard `s` is written by thread `s % threads`, so each chain is
+//! appended in submission order. Submitting never blocks: a full queue gives the episode back,
+//! which is the caller's backpressure. Failed writes are reported, not retried.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryIter, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bizra_dataflows::episode::{chain, Digest64, Episode, ROOT_0};
+
+use crate::recall::RecentEpisodes;
+use sha3::{Digest, Sha3_512};
+
+use super::retention;
+use super::segment::{
+    encode_line, list_segments, read_checkpoint, segment_path, shard_dir, SegmentReader, SegmentWriter,
+};
+use super::{ArchiveConfig, ArchiveError};
+
+/// How often an idle writer applies retention (it also does after every roll).
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Counters of the pool, for the metrics exporter.
+#[derive(Debug, Default)]
+pub struct ArchiveStats {
+    /// Episodes written and acknowledged.
+    pub episodes: AtomicU64,
+    /// JSON bytes appended (before compression).
+    pub json_bytes: AtomicU64,
+    /// Compressed bytes written to segment files; `json_bytes / xz_bytes` is the ratio.
+    pub xz_bytes: AtomicU64,
+    /// Failed writes, segment finishes and retention passes (each is also logged).
+    pub errors: AtomicU64,
+    /// Segments deleted by retention.
+    pub segments_deleted: AtomicU64,
+}
+
+/// The outcome of one submitted episode.
+#[derive(Debug)]
+pub struct Ack {
+    pub ticket: u64,
+    pub shard: u32,
+    /// The episode's index in its shard's chain, once its bytes are in the file.
+    pub result: Result<u64, ArchiveError>,
+}
+
+/// One submitted episode: its ticket and where its acknowledgement goes.
+type Job = (Episode, u64, Sender<Ack>);
+
+/// A submitter's side of the pool: its own acknowledgements, so each timely worker sees only
+/// the acks of what it submitted. Lanes are `Send`; make one per worker with
+/// [`ArchiveHandle::lane`].
+pub struct Lane {
+    queues: Vec<SyncSender<Job>>,
+    ack_tx: Sender<Ack>,
+    acks: Receiver<Ack>,
+}
+
+impl Lane {
+    /// Queues `episode` for its shard's writer, or gives it back if that queue is full (or its
+    /// thread is gone). Never blocks.
+    pub fn try_submit(&self, episode: Episode, ticket: u64) -> Result<(), Episode> {
+        let queue = &self.queues[episode.shard as usize % self.queues.len()];
+        queue
+            .try_send((episode, ticket, self.ack_tx.clone()))
+            .map_err(|e| match e {
+                TrySendError::Full((episode, ..)) | TrySendError::Disconnected((episode, ..)) => episode,
+            })
+    }
+
+    /// The acknowledgements of this lane available now, in write order per writer thread.
+    pub fn try_acks(&self) -> TryIter<'_, Ack> {
+        self.acks.try_iter()
+    }
+}
+
+/// The owner's side of the pool. Dropping it is [`ArchiveHandle::close`] without the acks.
+pub struct ArchiveHandle {
+    /// The handle's own lane, for a single submitter.
+    lane: Option<Lane>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Arc<ArchiveStats>,
+}
+
+impl ArchiveHandle {
+    /// A new lane; the writers stop only once every lane is dropped and the handle closed.
+    pub fn lane(&self) -> Lane {
+        let (ack_tx, acks) = mpsc::channel();
+        Lane {
+            queues: self.own().queues.clone(),
+            ack_tx,
+            acks,
+        }
+    }
+
+    fn own(&self) -> &Lane {
+        self.lane.as_ref().expect("an open handle has its lane")
+    }
+
+    /// [`Lane::try_submit`] on the handle's own lane.
+    pub fn try_submit(&self, episode: Episode, ticket: u64) -> Result<(), Episode> {
+        self.own().try_submit(episode, ticket)
+    }
+
+    /// [`Lane::try_acks`] on the handle's own lane.
+    pub fn try_acks(&self) -> TryIter<'_, Ack> {
+        self.own().try_acks()
+    }
+
+    pub fn stats(&self) -> &Arc<ArchiveStats> {
+        &self.stats
+    }
+
+    /// Writes everything queued (by every lane, which must all be dropped by now), finishes the
+    /// open segments and returns the acks of the handle's own lane not yet taken.
+    pub fn close(mut self) -> Vec<Ack> {
+        let lane = self.lane.take().expect("an open handle has its lane");
+        let Lane { queues, acks, .. } = lane;
+        drop(queues);
+        self.stop();
+        acks.try_iter().collect()
+    }
+
+    fn stop(&mut self) {
+        self.lane = None;
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("archive writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ArchiveHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The state of one writer thread: the shards it owns.
+pub struct ArchiveWriter {
+    cfg: Arc<ArchiveConfig>,
+    shards: BTreeMap<u32, Shard>,
+    stats: Arc<ArchiveStats>,
+    /// The recall cache written episodes go into, if any.
+    recent: Option<Arc<RecentEpisodes>>,
+    /// Retention passes of the pool's threads take turns.
+    retention: Arc<Mutex<()>>,
+    last_retention: Instant,
+}
+
+/// A shard's tip and open segment.
+struct Shard {
+    next_index: u64,
+    root: Digest64,
+    segment: Option<SegmentWriter>,
+}
+
+impl ArchiveWriter {
+    /// Validates `cfg`, opens (or creates) the archive directory, recovers every shard's tip
+    /// and starts the writer threads.
+    pub fn spawn(cfg: ArchiveConfig) -> Result<ArchiveHandle, ArchiveError> {
+        Self::spawn_with_recall(cfg, None)
+    }
+
+    /// [`ArchiveWriter::spawn`], and every written episode also goes into `recent`.
+    pub fn spawn_with_recall(
+        cfg: ArchiveConfig,
+        recent: Option<Arc<RecentEpisodes>>,
+    ) -> Result<ArchiveHandle, ArchiveError> {
+        cfg.validate().map_err(ArchiveError::Config)?;
+        open_dir(&cfg.dir)?;
+        let cfg = Arc::new(cfg);
+        let stats = Arc::new(ArchiveStats::default());
+        let retention = Arc::new(Mutex::new(()));
+        let mut writers: Vec<ArchiveWriter> = (0..cfg.threads)
+            .map(|_| ArchiveWriter {
+                cfg: cfg.clone(),
+                shards: BTreeMap::new(),
+                stats: stats.clone(),
+                recent: recent.clone(),
+                retention: retention.clone(),
+                last_retention: Instant::now(),
+            })
+            .collect();
+        for shard in super::segment::list_shards(&cfg.dir)? {
+            let tip = recover(&shard_dir(&cfg.dir, shard))?;
+            writers[shard as usize % cfg.threads].shards.insert(shard, tip);
+        }
+        let (ack_tx, acks) = mpsc::channel();
+        let (mut queues, mut threads) = (Vec::new(), Vec::new());
+        for (i, writer) in writers.into_iter().enumerate() {
+            let (tx, rx) = mpsc::sync_channel(cfg.queue_episodes);
+            let thread = std::thread::Builder::new()
+                .name(format!("bizra-archive-{i}"))
+                .spawn(move || writer.run(rx))
+                .map_err(ArchiveError::io(&cfg.dir, "start archive writer thread"))?;
+            queues.push(tx);
+            threads.push(thread);
+        }
+        Ok(ArchiveHandle {
+            lane: Some(Lane { queues, ack_tx, acks }),
+            threads,
+            stats,
+        })
+    }
+
+    fn run(mut self, queue: Receiver<Job>) {
+        self.retain();
+        loop {
+            match queue.recv_timeout(RETENTION_INTERVAL) {
+                Ok((episode, ticket, acks)) => {
+                    let result = self.write(&episode);
+                    if let Err(e) = &result {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(shard = episode.shard, seq = episode.seq, error = %e, "archive write failed");
+                    }
+                    let shard = episode.shard;
+                    if let (Some(recent), Ok(_)) = (&self.recent, &result) {
+                        recent.insert(Arc::new(episode));
+                    }
+                    // A lane dropped before its acks arrived no longer wants them.
+                    let _ = acks.send(Ack {
+                        ticket,
+                        shard,
+                        result,
+                    });
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.last_retention.elapsed() >= RETENTION_INTERVAL {
+                self.retain();
+            }
+        }
+        let open: Vec<SegmentWriter> = self
+            .shards
+            .values_mut()
+            .filter_map(|s| s.segment.take())
+            .collect();
+        for segment in open {
+            self.finish(segment);
+        }
+    }
+
+    /// Appends `episode` to its shard's chain; returns its index.
+    fn write(&mut self, episode: &Episode) -> Result<u64, ArchiveError> {
+        let cfg = &self.cfg;
+        let shard = self.shards.entry(episode.shard).or_insert(Shard {
+            next_index: 0,
+            root: ROOT_0,
+            segment: None,
+        });
+        let segment = match &mut shard.segment {
+            Some(segment) => segment,
+            empty => {
+                let path = segment_path(&cfg.dir, episode.shard, shard.next_index);
+                empty.insert(SegmentWriter::create(path, cfg.preset, cfg.fsync)?)
+            }
+        };
+        let canonical = episode.canonical();
+        let hash: Digest64 = Sha3_512::digest(&canonical).into();
+        let root = chain(&shard.root, &hash);
+        let line = encode_line(shard.next_index, wall_ms(), &shard.root, &hash, &root, &canonical);
+        match segment.append(&line, cfg.fsync) {
+            Ok(xz_bytes) => {
+                self.stats.episodes.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .json_bytes
+                    .fetch_add(line.len() as u64, Ordering::Relaxed);
+                self.stats.xz_bytes.fetch_add(xz_bytes, Ordering::Relaxed);
+            }
+            Err(source) => {
+                let segment = shard.segment.take().expect("the segment just appended to");
+                let path = segment.path.clone();
+                if let Err(e) = segment.abandon() {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot cut failed segment back");
+                }
+                let what = "append episode";
+                return Err(ArchiveError::Io { path, what, source });
+            }
+        }
+        let index = shard.next_index;
+        shard.next_index += 1;
+        shard.root = root;
+        if segment.json_bytes >= cfg.segment_bytes {
+            let full = shard.segment.take().expect("the segment just appended to");
+            self.finish(full);
+            self.retain();
+        }
+        Ok(index)
+    }
+
+    /// Ends a segment's xz stream; a failure is logged and counted (its episodes stay readable).
+    fn finish(&self, segment: SegmentWriter) {
+        let path = segment.path.clone();
+        match segment.finish(self.cfg.fsync) {
+            Ok(bytes) => {
+                self.stats.xz_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(path = %path.display(), error = %e, "cannot finish archive segment");
+            }
+        }
+    }
+
+    /// Applies retention to the whole archive; failures are logged and counted.
+    fn retain(&mut self) {
+        self.last_retention = Instant::now();
+        let _turn = self.retention.lock().unwrap_or_else(PoisonError::into_inner);
+        let max_age = Duration::from_millis(self.cfg.retention_age_ms);
+        match retention::enforce(
+            &self.cfg.dir,
+            self.cfg.retention_bytes,
+            max_age,
+            SystemTime::now(),
+        ) {
+            Ok(deleted) => {
+                self.stats.segments_deleted.fetch_add(deleted, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "archive retention failed");
+            }
+        }
+    }
+}
+
+/// Creates `dir` if its parent exists and checks that files can be created in it.
+fn open_dir(dir: &Path) -> Result<(), ArchiveError> {
+    if !dir.is_dir() {
+        fs::create_dir(dir).map_err(ArchiveError::io(dir, "create archive directory"))?;
+    }
+    let probe = dir.join(".write-probe");
+    File::create(&probe)
+        .and_then(|_| fs::remove_file(&probe))
+        .map_err(ArchiveError::io(dir, "write in archive directory"))
+}
+
+/// A shard's tip from its newest segment with a complete episode (normally the newest one),
+/// else from its checkpoint, else the chain's start. A writer never appends to a found segment.
+fn recover(shard_dir: &Path) -> Result<Shard, ArchiveError> {
+    for (_, path) in list_segments(shard_dir)?.iter().rev() {
+        let mut reader = SegmentReader::open(path)?;
+        let mut last = None;
+        while let Some(entry) = reader.next_entry() {
+            match entry {
+                Ok(entry) => last = Some(entry),
+                Err(e) => {
+                    tracing::warn!(error = %e, "archive recovery stops at a malformed line");
+                    break;
+                }
+            }
+        }
+        if let Some(e) = last {
+            return Ok(Shard {
+                next_index: e.index + 1,
+                root: e.root,
+                segment: None,
+            });
+        }
+    }
+    let (next_index, root) = match read_checkpoint(shard_dir)? {
+        Some(cp) => (cp.first_index, cp.prev),
+        None => (0, ROOT_0),
+    };
+    Ok(Shard {
+        next_index,
+        root,
+        segment: None,
+    })
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::test_util::{config, episode, episodes, write};
+    use crate::archive::{self, verify};
+
+    fn stored(dir: &Path) -> Vec<archive::Stored> {
+        archive::episodes(dir).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn round_trip_on_two_shards_through_two_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig {
+            threads: 2,
+            segment_bytes: 4000,
+            ..config(dir.path())
+        };
+        let (a, b) = (episodes(0, 20), episodes(1, 20));
+        let interleaved: Vec<Episode> = a
+            .iter()
+            .zip(&b)
+            .flat_map(|(x, y)| [x.clone(), y.clone()])
+            .collect();
+        let acks = write(&cfg, interleaved);
+        assert_eq!(acks.len(), 40);
+        for (ticket, ack) in acks.iter().enumerate() {
+            let index = *ack.result.as_ref().unwrap();
+            assert_eq!((ack.shard, index), (ticket as u32 % 2, ticket as u64 / 2));
+        }
+        let back = stored(dir.path());
+        assert_eq!(
+            back.iter().map(|s| &s.episode).collect::<Vec<_>>(),
+            a.iter().chain(&b).collect::<Vec<_>>()
+        );
+        assert!(
+            list_segments(&shard_dir(dir.path(), 0)).unwrap().len() > 2,
+            "rolled"
+        );
+        let report = verify(dir.path()).unwrap();
+        assert!(report.is_ok(), "{report}");
+        assert!(
+            report
+                .shards
+                .iter()
+                .all(|s| s.episodes == 20 && s.warnings.is_empty()),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn repeated_ids_and_identical_episodes_extend_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let same = episode(0, 7, &["dup", "dup", "x"]);
+        let acks = write(&config(dir.path()), vec![same.clone(), same.clone(), same]);
+        let indexes: Vec<u64> = acks.into_iter().map(|a| a.result.unwrap()).collect();
+        assert_eq!(indexes, [0, 1, 2]);
+        let back = stored(dir.path());
+        assert_ne!(back[0].root, back[1].root);
+        let report = verify(dir.path()).unwrap();
+        assert!(report.is_ok() && report.shards[0].episodes == 3, "{report}");
+    }
+
+    #[test]
+    fn a_restart_starts_a_new_segment_that_continues_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let eps = episodes(3, 6);
+        let cfg = ArchiveConfig {
+            fsync: true,
+            ..config(dir.path())
+        };
+        write(&cfg, eps[..4].to_vec());
+        let acks = write(&cfg, eps[4..].to_vec());
+        assert_eq!(
+            acks.iter()
+                .map(|a| *a.result.as_ref().unwrap())
+                .collect::<Vec<_>>(),
+            [4, 5]
+        );
+        let segments = list_segments(&shard_dir(dir.path(), 3)).unwrap();
+        assert_eq!(segments.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 4]);
+        assert!(verify(dir.path()).unwrap().is_ok());
+    }
+
+    /// Compressed file length after each episode, from a writer of one segment.
+    fn boundaries(path: &Path, eps: &[Episode]) -> Vec<u64> {
+        let mut w = SegmentWriter::create(path.to_path_buf(), 0, false).unwrap();
+        let (mut root, mut lens, mut len) = (ROOT_0, Vec::new(), 0);
+        for (i, ep) in eps.iter().enumerate() {
+            let hash = ep.content_hash();
+            let next = chain(&root, &hash);
+            len += w
+                .append(
+                    &encode_line(i as u64, 1, &root, &hash, &next, &ep.canonical()),
+                    false,
+                )
+                .unwrap();
+            lens.push(len);
+            root = next;
+        }
+        lens // not finished: as if killed after the last flush
+    }
+
+    #[test]
+    fn a_segment_cut_anywhere_verifies_to_its_last_complete_episode_and_the_chain_goes_on() {
+        let eps = episodes(0, 8);
+        for cut in [
+            "at 0",
+            "in header",
+            "at episode 3",
+            "inside episode 4",
+            "at end",
+            "near end",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = segment_path(dir.path(), 0, 0);
+            let ends = boundaries(&path, &eps[..5]);
+            let (len, complete) = match cut {
+                "at 0" => (0, 0),
+                "in header" => (7, 0),
+                "at episode 3" => (ends[2], 3),
+                "inside episode 4" => ((ends[2] + ends[3]) / 2, 3),
+                "at end" => (ends[4], 5),
+                _ => (ends[4] - 20, 4),
+            };
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(len)
+                .unwrap();
+            let report = verify(dir.path()).unwrap();
+            assert!(report.is_ok(), "{cut}: {report}");
+            assert_eq!(report.shards[0].episodes, complete, "{cut}: {report}");
+            assert_eq!(
+                report.shards[0].warnings.len(),
+                1,
+                "{cut}: torn tail is a warning: {report}"
+            );
+
+            let acks = write(&config(dir.path()), eps[complete as usize..].to_vec());
+            assert_eq!(*acks[0].result.as_ref().unwrap(), complete, "{cut}");
+            let report = verify(dir.path()).unwrap();
+            assert!(
+                report.is_ok() && report.shards[0].episodes == 8,
+                "{cut}: {report}"
+            );
+            let back: Vec<Episode> = stored(dir.path()).into_iter().map(|s| s.episode).collect();
+            assert_eq!(back, eps, "{cut}");
+        }
+    }
+
+    #[test]
+    fn a_full_queue_gives_the_episode_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig {
+            preset: 3,
+            queue_episodes: 1,
+            ..config(dir.path())
+        };
+        let handle = ArchiveWriter::spawn(cfg).unwrap();
+        let ids: Vec<String> = (0..256).map(|i| format!("id-{i}")).collect();
+        let big = episode(0, 0, &ids.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut accepted = 0;
+        let refused = loop {
+            match handle.try_submit(big.clone(), accepted) {
+                Ok(()) => accepted += 1,
+                Err(back) => break back,
+            }
+            assert!(accepted < 1000, "a one-episode queue never filled");
+        };
+        assert_eq!(refused, big);
+        let acks = handle.close();
+        assert_eq!(acks.len() as u64, accepted);
+        assert!(acks.iter().all(|a| a.result.is_ok()));
+        assert_eq!(verify(dir.path()).unwrap().shards[0].episodes, accepted);
+    }
+
+    #[test]
+    fn an_unusable_directory_is_a_clear_error_at_spawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        fs::write(&file, b"x").unwrap();
+        let Err(e) = ArchiveWriter::spawn(config(&file.join("archive"))) else {
+            panic!("a directory under a regular file opened")
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("plain/archive: create archive directory"), "{msg}");
+        let Err(e) = ArchiveWriter::spawn(config(&dir.path().join("no/such"))) else {
+            panic!("a directory without a parent opened")
+        };
+        assert!(e.to_string().contains("no/such: create archive directory"), "{e}");
+        let Err(e) = ArchiveWriter::spawn(ArchiveConfig {
+            preset: 12,
+            ..config(dir.path())
+        }) else {
+            panic!("preset 12 accepted")
+        };
+        assert_eq!(e.to_string(), "archive config: preset: expected 0 to 9, found 12");
+    }
+
+    #[test]
+    fn counters_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = ArchiveWriter::spawn(config(dir.path())).unwrap();
+        let stats = handle.stats().clone();
+        for (t, ep) in episodes(0, 5).into_iter().enumerate() {
+            handle.try_submit(ep, t as u64).unwrap();
+        }
+        handle.close();
+        let on_disk = fs::metadata(segment_path(dir.path(), 0, 0)).unwrap().len();
+        assert_eq!(stats.episodes.load(Ordering::Relaxed), 5);
+        assert_eq!(stats.xz_bytes.load(Ordering::Relaxed), on_disk);
+        assert!(stats.json_bytes.load(Ordering::Relaxed) > on_disk);
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 0);
+    }
+}

@@ -174,12 +174,10 @@ mod tests {
         let recent = Arc::new(crate::recall::RecentEpisodes::new(8, 1 << 20));
         let episode: Episode = serde_json::from_value(serde_json::json!({
             "shard": 1, "seq": 7, "run": "00", "tree_size": 1, "root": "ab",
-            "records": [{
-                "id": "obs-42", "input": null, "payload_digest": "sha256:00", "tier": "full",
-                "valid": true, "severity": "acceptable", "permitted": true, "overall": 0.5,
-                "value": 0.25, "clarity": 0.75, "decision": "permit", "conditions": [],
-                "leaf_index": 0
-            }]
+            "conditions": ["Note: 1 minor concerns identified"],
+            "records": [[
+                "obs-42", ["in", 3, 99], "sha256:00", 2, true, 1, true, 0.5, 0.25, 0.75, 0, [0], 0, null
+            ]]
         }))
         .unwrap();
         recent.insert(Arc::new(episode.clone()));

@@ -133,12 +133,17 @@ impl RecentEpisodes {
 
 /// Approximate bytes an episode costs in [`RecentEpisodes`]: the inline sizes of the
 /// episode, its records and its cache entry, the lengths of every string (ids, digests,
-/// run, root, topics, conditions) and of `features` (4 bytes each), and per record one
+/// run, root, topics, the episode's condition texts) and of `features` (4 bytes each), and per record one
 /// entry of the id index (a copy of the id, its key list and hash-table slack). Lengths,
 /// not capacities, and no allocator rounding: the true footprint is somewhat larger.
 pub fn episode_bytes(episode: &Episode) -> usize {
     let records: usize = episode.records.iter().map(record_bytes).sum();
-    size_of::<Episode>() + ENTRY_BYTES + episode.run.len() + episode.root.len() + records
+    let conditions: usize = episode
+        .conditions
+        .iter()
+        .map(|c| size_of::<String>() + c.len())
+        .sum();
+    size_of::<Episode>() + ENTRY_BYTES + episode.run.len() + episode.root.len() + conditions + records
 }
 
 /// One LRU node: key, value, two list links and the hash-table slot.
@@ -150,7 +155,7 @@ const INDEX_ENTRY_BYTES: usize = 2 * size_of::<String>() + size_of::<Vec<u64>>()
 
 fn record_bytes(r: &EpisodeRecord) -> usize {
     let input = r.input.as_ref().map_or(0, |i| i.topic.len());
-    let conditions: usize = r.conditions.iter().map(|c| size_of::<String>() + c.len()).sum();
+    let conditions = r.conditions.len() * size_of::<u32>();
     let features = r.features.as_ref().map_or(0, |f| f.len() * size_of::<f32>());
     size_of::<EpisodeRecord>()
         + r.id.len()
@@ -481,6 +486,7 @@ mod tests {
             run: "0123456789abcdef".into(),
             tree_size: ids.len() as u64,
             root: "00".repeat(64),
+            conditions: vec![],
             records: ids.iter().map(|id| record(id, None)).collect(),
         })
     }

@@ -120,10 +120,22 @@ fn every_sealed_batch_is_archived_once_and_the_archive_verifies() {
             .find(|e| (e["shard"].as_u64().unwrap(), e["seq"].as_u64().unwrap()) == key)
             .unwrap_or_else(|| panic!("{id}: no episode for batch {key:?}"));
         assert_eq!(e["root"].as_str().unwrap(), roots[&key]);
+        // A record is an array: [id, input, payload_digest, tier, valid, severity, permitted,
+        // overall, value, clarity, decision, conditions, leaf_index, features].
         let r = &e["records"][b["leaf_index"].as_u64().unwrap() as usize];
-        assert_eq!(r["id"], v["id"]);
-        assert_eq!(r["decision"], v["decision"]);
-        assert_eq!(r["payload_digest"], v["payload_digest"]);
+        assert_eq!(r[0], v["id"]);
+        assert_eq!(r[2], v["payload_digest"]);
+        let decision = ["permit", "review", "deny"][r[10].as_u64().unwrap() as usize];
+        assert_eq!(decision, v["decision"]);
+        assert_eq!(r[7].as_f64(), v["ethics"]["overall"].as_f64());
+        let conditions: Vec<&Value> = r[11]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| &e["conditions"][i.as_u64().unwrap() as usize])
+            .collect();
+        let expected: Vec<&Value> = v["ethics"]["conditions"].as_array().unwrap().iter().collect();
+        assert_eq!(conditions, expected);
     }
     let missing = audit(&["get", "no-such-id"], dir.path());
     assert!(!missing.status.success());

@@ -3,11 +3,20 @@
 //! and the batch position — plus the batch's commitment coordinates, so every record can be
 //! checked against the signed Merkle root without the original payload.
 //!
+//! On disk an episode is compact JSON: each record is an array, not an object (see
+//! [`EpisodeRecord`]'s `Serialize`), codes stand for tier, severity and decision, and each
+//! distinct condition text is stored once per episode and referred to by index. That halves
+//! the bytes that must be hashed and xz-compressed per verdict, which is what the archive's
+//! throughput is bound by.
+//!
 //! Episodes of one shard form a hash chain: `h = SHA3-512(canonical JSON of the episode)`,
 //! `root = SHA3-512(prev_root ‖ h)`, `root₀` = 64 zero bytes. The chain is by position, not by
 //! id: a repeated id (a redelivered input) is just another episode.
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha3::{Digest, Sha3_512};
 
 use crate::ethics::Severity;
@@ -24,8 +33,11 @@ pub type Digest64 = [u8; 64];
 /// The root before the first episode of a chain.
 pub const ROOT_0: Digest64 = [0u8; 64];
 
-/// One verdict as the archive keeps it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One verdict as the archive keeps it. Serialized as the array `[id, [topic, partition,
+/// offset] | null, payload_digest, tier code, valid, severity code, permitted, overall, value,
+/// clarity, decision code, [condition indices], leaf_index, features | null]`, with the codes
+/// of SPEC §3.1 (tier 0–2, severity 0–4) and decision 0 permit, 1 review, 2 deny.
+#[derive(Clone, Debug, PartialEq)]
 pub struct EpisodeRecord {
     pub id: String,
     pub input: Option<InputRef>,
@@ -39,17 +51,113 @@ pub struct EpisodeRecord {
     pub value: f64,
     pub clarity: f64,
     pub decision: Decision,
-    pub conditions: Vec<String>,
+    /// The verdict's conditions, as indices into the episode's `conditions`.
+    pub conditions: Vec<u32>,
     /// Position of the verdict's leaf in the batch's Merkle tree.
     pub leaf_index: u32,
     /// The observation's `features`, for similar-episode recall (f32 is plenty for that).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Vec<f32>>,
 }
 
+/// The serialized form of an [`EpisodeRecord`].
+type Row = (
+    String,
+    Option<(String, i32, i64)>,
+    String,
+    u8,
+    bool,
+    u8,
+    bool,
+    f64,
+    f64,
+    f64,
+    u8,
+    Vec<u32>,
+    u32,
+    Option<Vec<f32>>,
+);
+
+impl Serialize for EpisodeRecord {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let input = self.input.as_ref().map(|i| (&i.topic, i.partition, i.offset));
+        (
+            &self.id,
+            input,
+            &self.payload_digest,
+            self.tier.code(),
+            self.valid,
+            self.severity.code(),
+            self.permitted,
+            self.overall,
+            self.value,
+            self.clarity,
+            self.decision as u8,
+            &self.conditions,
+            self.leaf_index,
+            &self.features,
+        )
+            .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for EpisodeRecord {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r: Row = Row::deserialize(d)?;
+        let code = |what: &str, c: u8, n: usize| {
+            (usize::from(c) < n)
+                .then_some(usize::from(c))
+                .ok_or_else(|| D::Error::custom(format!("{what} code: expected 0 to {}, found {c}", n - 1)))
+        };
+        Ok(EpisodeRecord {
+            id: r.0,
+            input: r.1.map(|(topic, partition, offset)| InputRef {
+                topic,
+                partition,
+                offset,
+            }),
+            payload_digest: r.2,
+            tier: Tier::ALL[code("tier", r.3, Tier::ALL.len())?],
+            valid: r.4,
+            severity: Severity::ALL[code("severity", r.5, Severity::ALL.len())?],
+            permitted: r.6,
+            overall: r.7,
+            value: r.8,
+            clarity: r.9,
+            decision: Decision::ALL[code("decision", r.10, Decision::ALL.len())?],
+            conditions: r.11,
+            leaf_index: r.12,
+            features: r.13,
+        })
+    }
+}
+
+/// The distinct condition texts of one episode, each stored once.
+#[derive(Debug, Default)]
+pub struct Conditions {
+    list: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl Conditions {
+    /// The index of `text`, adding it if new.
+    pub fn intern(&mut self, text: &str) -> u32 {
+        if let Some(&i) = self.index.get(text) {
+            return i;
+        }
+        let i = self.list.len() as u32;
+        self.list.push(text.to_owned());
+        self.index.insert(text.to_owned(), i);
+        i
+    }
+
+    pub fn into_list(self) -> Vec<String> {
+        self.list
+    }
+}
+
 impl EpisodeRecord {
-    /// The compact record of `v`.
-    pub fn from_verdict(v: &Verdict) -> EpisodeRecord {
+    /// The compact record of `v`, its conditions interned in `conditions`.
+    pub fn from_verdict(v: &Verdict, conditions: &mut Conditions) -> EpisodeRecord {
         EpisodeRecord {
             id: v.id.clone(),
             input: v.input.clone(),
@@ -62,7 +170,7 @@ impl EpisodeRecord {
             value: v.value.value,
             clarity: v.convergence.clarity,
             decision: v.decision,
-            conditions: v.ethics.conditions.clone(),
+            conditions: v.ethics.conditions.iter().map(|c| conditions.intern(c)).collect(),
             leaf_index: v.batch.leaf_index,
             features: v.features.as_ref().map(|f| f.iter().map(|x| *x as f32).collect()),
         }
@@ -98,12 +206,14 @@ pub struct Episode {
     pub tree_size: u64,
     /// The batch's Merkle root (hex), as signed in its commitment.
     pub root: String,
+    /// The distinct condition texts of the records, which refer to them by index.
+    pub conditions: Vec<String>,
     pub records: Vec<EpisodeRecord>,
 }
 
 impl Episode {
     /// An episode for `c` with `records` sorted into leaf order.
-    pub fn new(c: &Commitment, mut records: Vec<EpisodeRecord>) -> Episode {
+    pub fn new(c: &Commitment, conditions: Conditions, mut records: Vec<EpisodeRecord>) -> Episode {
         records.sort_by_key(|r| r.leaf_index);
         Episode {
             shard: c.shard,
@@ -111,8 +221,17 @@ impl Episode {
             run: c.run.clone(),
             tree_size: c.tree_size,
             root: c.root.clone(),
+            conditions: conditions.into_list(),
             records,
         }
+    }
+
+    /// The condition texts of `r`, a record of this episode (an index out of range reads as
+    /// an empty text; `audit verify` reports such an episode as malformed).
+    pub fn conditions_of<'a>(&'a self, r: &'a EpisodeRecord) -> impl Iterator<Item = &'a str> + 'a {
+        r.conditions
+            .iter()
+            .map(|&i| self.conditions.get(i as usize).map_or("", String::as_str))
     }
 
     /// The canonical bytes of the episode: its JSON with fields in declaration order and

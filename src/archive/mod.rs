@@ -20,9 +20,10 @@
 //! - `written_ms` is the writer's wall clock. It orders [`find`] results across shards and is
 //!   not covered by the chain.
 //!
-//! After each episode the encoder does a full flush (the episode ends an xz block) and the bytes
-//! are written to the file before the episode is acknowledged, so a file cut by a crash decodes
-//! up to its last complete episode. A segment rolls after `segment_bytes` of JSON and at every
+//! The writer takes whatever episodes are queued (up to 32, group commit), compresses them and
+//! ends one xz block per shard with a full flush; the bytes are written to the file before any
+//! episode of the group is acknowledged, so a file cut by a crash decodes up to its last
+//! complete episode. A segment rolls after `segment_bytes` of JSON and at every
 //! start of a writer, which never appends to an existing segment: it recovers each shard's tip
 //! (next index and root) from the shard's newest segment and starts the next segment there. A
 //! segment without an xz stream end (the writer was killed, or is still writing) is a torn tail,
@@ -108,7 +109,7 @@ impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig {
             dir: PathBuf::from("data/archive"),
-            preset: 1,
+            preset: 0,
             segment_bytes: 8 << 20,
             retention_bytes: 10 << 30,
             retention_age_ms: 30 * 24 * 3600 * 1000,

@@ -1,5 +1,6 @@
-//! Segment files: their names, the xz writer that appends one episode per full flush, the reader
-//! that decodes lines up to a torn tail or a decode error, and the line and checkpoint formats.
+//! Segment files: their names, the xz writer that appends episodes and ends a block per commit,
+//! the reader that decodes lines up to a torn tail or a decode error, and the line and
+//! checkpoint formats.
 //! No policy: when to roll, what to delete and what counts as a break belong to the callers.
 
 use std::fs::{self, File};
@@ -54,12 +55,12 @@ pub(crate) fn list_segments(shard_dir: &Path) -> Result<Vec<(u64, PathBuf)>, Arc
     list(shard_dir, |name| numbered(name, "seg-", ".xz", 12))
 }
 
-/// The open segment of a shard: one xz stream, one block per episode.
+/// The open segment of a shard: one xz stream, one block per commit (a group of episodes).
 pub(crate) struct SegmentWriter {
     pub(crate) path: PathBuf,
     file: File,
     xz: Stream,
-    /// Compressed bytes of the episode being appended (reused).
+    /// Compressed bytes of the episodes pushed since the last commit (reused).
     out: Vec<u8>,
     /// File length after the last complete episode: where a failed append cuts back to.
     good_len: u64,
@@ -90,18 +91,34 @@ impl SegmentWriter {
         })
     }
 
-    /// Appends `line`, ends its xz block and writes the block to the file; returns the
-    /// compressed bytes written.
-    pub(crate) fn append(&mut self, line: &[u8], fsync: bool) -> io::Result<u64> {
-        self.out.clear();
-        code(&mut self.xz, line, &mut self.out, Action::FullFlush)?;
+    /// Compresses `line` into the current block; nothing reaches the file before
+    /// [`SegmentWriter::commit`].
+    pub(crate) fn push(&mut self, line: &[u8]) -> io::Result<()> {
+        code(&mut self.xz, line, &mut self.out, Action::Run)?;
+        self.json_bytes += line.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the block holding the lines pushed since the last commit and writes it to the
+    /// file; returns the compressed bytes written. Ending a block resets the encoder's match
+    /// finder, so the cost is per commit, not per episode: the writer commits a group.
+    pub(crate) fn commit(&mut self, fsync: bool) -> io::Result<u64> {
+        code(&mut self.xz, &[], &mut self.out, Action::FullFlush)?;
         self.file.write_all(&self.out)?;
         if fsync {
             self.file.sync_data()?;
         }
-        self.good_len += self.out.len() as u64;
-        self.json_bytes += line.len() as u64;
-        Ok(self.out.len() as u64)
+        let n = self.out.len() as u64;
+        self.good_len += n;
+        self.out.clear();
+        Ok(n)
+    }
+
+    /// [`SegmentWriter::push`] and [`SegmentWriter::commit`] of one line.
+    #[cfg(test)]
+    pub(crate) fn append(&mut self, line: &[u8], fsync: bool) -> io::Result<u64> {
+        self.push(line)?;
+        self.commit(fsync)
     }
 
     /// Cuts the file back to its last complete episode, after a failed append.
@@ -121,7 +138,8 @@ impl SegmentWriter {
     }
 }
 
-/// Runs `xz` over `input` with `action` (a flush or finish) until it reports the end.
+/// Runs `xz` over `input` with `action`: `Run` until the input is taken, a flush or finish
+/// until it reports the end.
 fn code(xz: &mut Stream, mut input: &[u8], out: &mut Vec<u8>, action: Action) -> io::Result<()> {
     loop {
         if out.len() == out.capacity() {
@@ -130,7 +148,11 @@ fn code(xz: &mut Stream, mut input: &[u8], out: &mut Vec<u8>, action: Action) ->
         let before = xz.total_in();
         let status = xz.process_vec(input, out, action)?;
         input = &input[(xz.total_in() - before) as usize..];
-        if status == Status::StreamEnd {
+        let done = match action {
+            Action::Run => input.is_empty(),
+            _ => status == Status::StreamEnd,
+        };
+        if done {
             return Ok(());
         }
     }

@@ -29,7 +29,7 @@ pub(crate) fn episode(shard: u32, seq: u64, ids: &[&str]) -> Episode {
             value: 0.5,
             clarity: 0.7,
             decision: Decision::Permit,
-            conditions: vec!["Note: 1 minor concerns identified".into()],
+            conditions: vec![0],
             leaf_index: i as u32,
             features: Some(vec![0.25, -0.5, i as f32]),
         })
@@ -41,6 +41,7 @@ pub(crate) fn episode(shard: u32, seq: u64, ids: &[&str]) -> Episode {
         run: "00000000000000ab".into(),
         tree_size: records.len() as u64,
         root: hex::encode(merkle::root(&leaves)),
+        conditions: vec!["Note: 1 minor concerns identified".into()],
         records,
     };
     assert!(ep.matches_root());

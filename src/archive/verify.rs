@@ -216,6 +216,17 @@ fn verify_segment(path: &Path, first: u64, report: &mut ShardReport) -> Result<(
             })
         } else if !e.episode.matches_root() {
             Some(Problem::MerkleRoot)
+        } else if let Some(i) = e
+            .episode
+            .records
+            .iter()
+            .flat_map(|r| &r.conditions)
+            .find(|&&i| i as usize >= e.episode.conditions.len())
+        {
+            Some(Problem::Malformed(format!(
+                "a record refers to condition {i}, the episode has {}",
+                e.episode.conditions.len()
+            )))
         } else {
             None
         };
@@ -448,7 +459,7 @@ mod tests {
     fn an_edited_episode_is_a_hash_break_at_its_line() {
         let dir = archive();
         rewrite(dir.path(), |lines| {
-            lines[2] = lines[2].replace("\"permit\"", "\"deny\"")
+            lines[2] = lines[2].replace("Note: 1 minor", "Note: 2 minor")
         });
         let b = broken(dir.path());
         assert_eq!((b.line, b.index), (3, 7), "{b}");

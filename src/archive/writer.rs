@@ -3,9 +3,9 @@
 //! appended in submission order. Submitting never blocks: a full queue gives the episode back,
 //! which is the caller's backpressure. Failed writes are reported, not retried.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryIter, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +22,9 @@ use super::segment::{
     encode_line, list_segments, read_checkpoint, segment_path, shard_dir, SegmentReader, SegmentWriter,
 };
 use super::{ArchiveConfig, ArchiveError};
+
+/// Most episodes committed as one xz block.
+const GROUP_EPISODES: usize = 32;
 
 /// How often an idle writer applies retention (it also does after every roll).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
@@ -150,6 +153,8 @@ pub struct ArchiveWriter {
     stats: Arc<ArchiveStats>,
     /// The recall cache written episodes go into, if any.
     recent: Option<Arc<RecentEpisodes>>,
+    /// Shards whose commit failed in the current group, with the file and the error.
+    failed: HashMap<u32, (PathBuf, String)>,
     /// Retention passes of the pool's threads take turns.
     retention: Arc<Mutex<()>>,
     last_retention: Instant,
@@ -157,9 +162,33 @@ pub struct ArchiveWriter {
 
 /// A shard's tip and open segment.
 struct Shard {
+    /// The tip as of the last commit: what the file holds.
+    committed: (u64, Digest64),
     next_index: u64,
     root: Digest64,
     segment: Option<SegmentWriter>,
+}
+
+impl Shard {
+    /// A shard whose file content ends at `next_index` with `root`, no segment open.
+    fn at(next_index: u64, root: Digest64) -> Shard {
+        Shard {
+            committed: (next_index, root),
+            next_index,
+            root,
+            segment: None,
+        }
+    }
+
+    /// After a failed push or commit: cuts `segment` back to its last commit and returns the
+    /// chain to it; the next episode starts a new segment there.
+    fn rollback(&mut self, segment: SegmentWriter) {
+        let path = segment.path.clone();
+        if let Err(e) = segment.abandon() {
+            tracing::warn!(path = %path.display(), error = %e, "cannot cut failed segment back");
+        }
+        (self.next_index, self.root) = self.committed;
+    }
 }
 
 impl ArchiveWriter {
@@ -185,6 +214,7 @@ impl ArchiveWriter {
                 shards: BTreeMap::new(),
                 stats: stats.clone(),
                 recent: recent.clone(),
+                failed: HashMap::new(),
                 retention: retention.clone(),
                 last_retention: Instant::now(),
             })
@@ -215,22 +245,17 @@ impl ArchiveWriter {
         self.retain();
         loop {
             match queue.recv_timeout(RETENTION_INTERVAL) {
-                Ok((episode, ticket, acks)) => {
-                    let result = self.write(&episode);
-                    if let Err(e) = &result {
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(shard = episode.shard, seq = episode.seq, error = %e, "archive write failed");
+                Ok(first) => {
+                    // Group commit: whatever else is already queued goes into the same xz
+                    // block, so the block's cost is shared when the writer is behind.
+                    let mut group = vec![first];
+                    while group.len() < GROUP_EPISODES {
+                        match queue.try_recv() {
+                            Ok(job) => group.push(job),
+                            Err(_) => break,
+                        }
                     }
-                    let shard = episode.shard;
-                    if let (Some(recent), Ok(_)) = (&self.recent, &result) {
-                        recent.insert(Arc::new(episode));
-                    }
-                    // A lane dropped before its acks arrived no longer wants them.
-                    let _ = acks.send(Ack {
-                        ticket,
-                        shard,
-                        result,
-                    });
+                    self.write_group(group);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -249,14 +274,92 @@ impl ArchiveWriter {
         }
     }
 
-    /// Appends `episode` to its shard's chain; returns its index.
-    fn write(&mut self, episode: &Episode) -> Result<u64, ArchiveError> {
+    /// Writes a group of episodes: stages each on its shard's chain, commits every shard
+    /// touched (one xz block each), then acknowledges each episode — as written if its shard
+    /// committed, else with the error (the shard's chain is rolled back to its last commit).
+    fn write_group(&mut self, group: Vec<Job>) {
+        let staged: Vec<Result<u64, ArchiveError>> = group.iter().map(|(e, ..)| self.stage(e)).collect();
+        self.commit_staged();
+        let failed = std::mem::take(&mut self.failed);
+        for ((episode, ticket, acks), mut result) in group.into_iter().zip(staged) {
+            if let (Ok(_), Some(e)) = (&result, failed.get(&episode.shard)) {
+                result = Err(ArchiveError::Io {
+                    path: e.0.clone(),
+                    what: "commit episodes",
+                    source: std::io::Error::other(e.1.clone()),
+                });
+            }
+            match &result {
+                Ok(_) => {
+                    self.stats.episodes.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(shard = episode.shard, seq = episode.seq, error = %e, "archive write failed");
+                }
+            }
+            let shard = episode.shard;
+            if let (Some(recent), Ok(_)) = (&self.recent, &result) {
+                recent.insert(Arc::new(episode));
+            }
+            // A lane dropped before its acks arrived no longer wants them.
+            let _ = acks.send(Ack {
+                ticket,
+                shard,
+                result,
+            });
+        }
+    }
+
+    /// Commits every shard with staged episodes.
+    fn commit_staged(&mut self) {
+        let staged: Vec<u32> = self
+            .shards
+            .iter()
+            .filter(|(_, s)| s.committed != (s.next_index, s.root))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in staged {
+            self.commit(id);
+        }
+    }
+
+    /// Commits shard `id`'s staged episodes as one xz block, and rolls its segment once it
+    /// holds `segment_bytes`. A failure is kept in `failed` (every episode of the shard in
+    /// this group is then reported failed) and the chain goes back to the last commit.
+    fn commit(&mut self, id: u32) {
+        let shard = self.shards.get_mut(&id).expect("a known shard");
+        let Some(segment) = shard.segment.as_mut() else {
+            return;
+        };
+        match segment.commit(self.cfg.fsync) {
+            Ok(xz_bytes) => {
+                self.stats.xz_bytes.fetch_add(xz_bytes, Ordering::Relaxed);
+                shard.committed = (shard.next_index, shard.root);
+                if segment.json_bytes >= self.cfg.segment_bytes {
+                    let full = shard.segment.take().expect("the segment just committed");
+                    self.finish(full);
+                    self.retain();
+                }
+            }
+            Err(e) => {
+                let segment = shard.segment.take().expect("the segment just committed");
+                self.failed.insert(id, (segment.path.clone(), e.to_string()));
+                shard.rollback(segment);
+            }
+        }
+    }
+
+    /// Stages `episode` on its shard's chain (compressed into the open block, not yet in the
+    /// file); returns its index.
+    fn stage(&mut self, episode: &Episode) -> Result<u64, ArchiveError> {
+        let segment_bytes = self.cfg.segment_bytes;
+        let full = |s: &Shard| s.segment.as_ref().is_some_and(|g| g.json_bytes >= segment_bytes);
+        if self.shards.get(&episode.shard).is_some_and(full) {
+            self.commit(episode.shard);
+        }
         let cfg = &self.cfg;
-        let shard = self.shards.entry(episode.shard).or_insert(Shard {
-            next_index: 0,
-            root: ROOT_0,
-            segment: None,
-        });
+        let shard = self.shards.entry(episode.shard).or_insert(Shard::at(0, ROOT_0));
         let segment = match &mut shard.segment {
             Some(segment) => segment,
             empty => {
@@ -268,20 +371,19 @@ impl ArchiveWriter {
         let hash: Digest64 = Sha3_512::digest(&canonical).into();
         let root = chain(&shard.root, &hash);
         let line = encode_line(shard.next_index, wall_ms(), &shard.root, &hash, &root, &canonical);
-        match segment.append(&line, cfg.fsync) {
-            Ok(xz_bytes) => {
-                self.stats.episodes.fetch_add(1, Ordering::Relaxed);
+        match segment.push(&line) {
+            Ok(()) => {
                 self.stats
                     .json_bytes
                     .fetch_add(line.len() as u64, Ordering::Relaxed);
-                self.stats.xz_bytes.fetch_add(xz_bytes, Ordering::Relaxed);
             }
             Err(source) => {
-                let segment = shard.segment.take().expect("the segment just appended to");
+                let segment = shard.segment.take().expect("the segment just pushed to");
                 let path = segment.path.clone();
-                if let Err(e) = segment.abandon() {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot cut failed segment back");
-                }
+                shard.rollback(segment);
+                // Episodes of this shard staged earlier in the group went with the block.
+                self.failed
+                    .insert(episode.shard, (path.clone(), source.to_string()));
                 let what = "append episode";
                 return Err(ArchiveError::Io { path, what, source });
             }
@@ -289,11 +391,6 @@ impl ArchiveWriter {
         let index = shard.next_index;
         shard.next_index += 1;
         shard.root = root;
-        if segment.json_bytes >= cfg.segment_bytes {
-            let full = shard.segment.take().expect("the segment just appended to");
-            self.finish(full);
-            self.retain();
-        }
         Ok(index)
     }
 
@@ -360,22 +457,14 @@ fn recover(shard_dir: &Path) -> Result<Shard, ArchiveError> {
             }
         }
         if let Some(e) = last {
-            return Ok(Shard {
-                next_index: e.index + 1,
-                root: e.root,
-                segment: None,
-            });
+            return Ok(Shard::at(e.index + 1, e.root));
         }
     }
     let (next_index, root) = match read_checkpoint(shard_dir)? {
         Some(cp) => (cp.first_index, cp.prev),
         None => (0, ROOT_0),
     };
-    Ok(Shard {
-        next_index,
-        root,
-        segment: None,
-    })
+    Ok(Shard::at(next_index, root))
 }
 
 fn wall_ms() -> u64 {

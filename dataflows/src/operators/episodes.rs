@@ -13,13 +13,14 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
 use super::commit::Output;
-use crate::episode::{Episode, EpisodeRecord};
+use crate::episode::{Conditions, Episode, EpisodeRecord};
 use crate::verification::commitment::Commitment;
 
 /// A batch whose episode is not complete yet.
 #[derive(Default)]
 struct Gathering {
     records: Vec<EpisodeRecord>,
+    conditions: Conditions,
     commitment: Option<Commitment>,
 }
 
@@ -47,14 +48,17 @@ pub fn episodes<'s>(outputs: StreamVec<'s, u64, Output>) -> StreamVec<'s, u64, E
                     };
                     let g = open.entry(key).or_default();
                     match o {
-                        Output::Verdict(v) => g.records.push(EpisodeRecord::from_verdict(v)),
+                        Output::Verdict(v) => {
+                            let r = EpisodeRecord::from_verdict(v, &mut g.conditions);
+                            g.records.push(r);
+                        }
                         Output::Commitment(c) => g.commitment = Some(c.clone()),
                         Output::DeadLetter(_) => unreachable!("skipped above"),
                     }
                     if g.complete() {
                         let g = open.remove(&key).expect("present");
                         let c = g.commitment.expect("complete");
-                        session.give(Episode::new(&c, g.records));
+                        session.give(Episode::new(&c, g.conditions, g.records));
                     }
                 }
             });

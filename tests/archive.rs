@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::common::audit_verified_episodes;
+
 fn bizra() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bizra"));
     c.env("RUST_LOG", "warn");
@@ -74,24 +76,7 @@ fn every_sealed_batch_is_archived_once_and_the_archive_verifies() {
     let verdicts = jsonl(&dir.path().join("verdicts.jsonl"));
     let commitments = jsonl(&dir.path().join("commitments.jsonl"));
 
-    let v = audit(&["verify"], dir.path());
-    assert!(v.status.success(), "{}{}", text(&v.stdout), text(&v.stderr));
-    let report = text(&v.stdout);
-    let episodes: usize = report
-        .lines()
-        .filter(|l| l.starts_with("shard "))
-        .map(|l| {
-            l.split(": ")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap()
-                .parse::<usize>()
-                .unwrap()
-        })
-        .sum();
-    assert_eq!(episodes, commitments.len(), "{report}");
+    assert_eq!(audit_verified_episodes(dir.path()), commitments.len());
 
     // Each verdict's episode: found by id, with the verdict's batch position and the root
     // of the commitment of that batch.

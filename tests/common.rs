@@ -98,3 +98,29 @@ pub fn scrape_series(addr: &str) -> std::collections::HashMap<String, f64> {
     }
     out
 }
+
+/// Runs `bizra audit verify --data-dir DIR`, asserts that every chain verifies, and returns
+/// how many episodes it verified (the sum of its per-shard lines).
+pub fn audit_verified_episodes(data_dir: &std::path::Path) -> usize {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bizra"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "shard 00000: 43 episodes verified, index 0..43, root …: ok"
+    report
+        .lines()
+        .filter_map(|l| l.strip_prefix("shard "))
+        .map(|l| {
+            let n = l.split(": ").nth(1).and_then(|r| r.split(' ').next());
+            n.and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("unexpected report line {l:?}"))
+        })
+        .sum()
+}

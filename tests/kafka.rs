@@ -359,27 +359,7 @@ fn round_trip_with_bad_records_and_graceful_stop() {
     // Issue 5: one archived episode per commitment, and the chains verify. Offsets were
     // committed, so every episode was written before (lag 0 above).
     assert_eq!(m("bizra_archive_episodes_total"), commitments.len() as f64);
-    let audit = Command::new(env!("CARGO_BIN_EXE_bizra"))
-        .args(["audit", "verify", "--data-dir", data_arg])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&audit.stdout).into_owned();
-    assert!(audit.status.success(), "{report}");
-    let episodes: usize = report
-        .lines()
-        .filter(|l| l.starts_with("shard "))
-        .map(|l| {
-            l.split(": ")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap()
-                .parse::<usize>()
-                .unwrap()
-        })
-        .sum();
-    assert_eq!(episodes, commitments.len(), "{report}");
+    assert_eq!(crate::common::audit_verified_episodes(&data), commitments.len());
 
     // Window statistics: after the stop every window is closed and written; their counts
     // add up to the verdicts times the windows each verdict falls in (60 s / 10 s).

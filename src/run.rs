@@ -395,9 +395,7 @@ pub fn run(
             bufs: Default::default(),
             queued: VecDeque::new(),
         }));
-        let archive = archive
-            .as_ref()
-            .map(|l| ArchiveOutbox::new(l.lock().expect("lanes lock").pop().expect("a lane per worker")));
+        let archive = archive.as_ref().map(ArchiveOutbox::from_lanes);
         let is_reader = generator.is_none() && index == 0;
         let tel = Rc::new(RefCell::new(WorkerTelemetry::new(worker, &telemetry)));
         let observer = tel.borrow().observer();

@@ -127,19 +127,20 @@ impl WorkerTelemetry {
         for s in self.samples.drain(..) {
             self.windows.push(s);
         }
+        // One reading of the watermark for both consumers; `u64::MAX` once finished.
+        let watermark = if finished {
+            u64::MAX
+        } else {
+            self.shared.watermark_ms()
+        };
         if finished && !self.closed {
             self.windows.finish();
             self.closed = true;
         } else if !self.closed {
-            self.windows.advance(self.shared.watermark_ms());
+            self.windows.advance(watermark);
         }
         if let (Some(c), Some((_, tx))) = (&mut self.consolidator, &self.shared.consolidate) {
-            let watermark = if finished {
-                i64::MAX
-            } else {
-                self.shared.watermark_ms() as i64
-            };
-            for s in c.advance(watermark) {
+            for s in c.advance(watermark.min(i64::MAX as u64) as i64) {
                 tx.try_send(s); // a full queue drops and counts (bizra_memory_summaries_total)
             }
         }

@@ -9,10 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use bizra_dataflows::episode::Episode;
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
+use bizra_dataflows::operators::held::{held, Acknowledged};
 use timely::dataflow::StreamVec;
 use timely::scheduling::Activator;
 
@@ -31,6 +28,12 @@ pub struct ArchiveOutbox {
 }
 
 impl ArchiveOutbox {
+    /// The outbox of one worker, on a lane taken from `lanes`.
+    pub fn from_lanes(lanes: &super::Lanes) -> Rc<RefCell<ArchiveOutbox>> {
+        let lane = lanes.lock().expect("lanes lock").pop();
+        Self::new(lane.expect("a lane per worker"))
+    }
+
     pub fn new(lane: Lane) -> Rc<RefCell<ArchiveOutbox>> {
         Rc::new(RefCell::new(ArchiveOutbox {
             lane,
@@ -78,36 +81,27 @@ impl ArchiveOutbox {
     }
 }
 
-/// Submits every episode of `stream` to the archive, holding each tick's capability until all
-/// of its episodes are written.
+impl Acknowledged<Episode> for ArchiveOutbox {
+    fn push(&mut self, tick: u64, episode: Episode) {
+        *self.unacked.entry(tick).or_default() += 1;
+        self.queue.push_back((tick, episode));
+    }
+
+    fn pending(&self, tick: u64) -> bool {
+        self.unacked.contains_key(&tick)
+    }
+
+    fn set_activator(&mut self, activator: Activator) {
+        self.activator = Some(activator);
+    }
+}
+
+/// Submits every episode of `stream` to the archive (through [`ArchiveOutbox::pump`], which
+/// the worker loop calls), holding each tick's capability until all of its episodes are
+/// written.
 pub fn archive_sink<'s>(
     stream: StreamVec<'s, u64, Episode>,
     outbox: Rc<RefCell<ArchiveOutbox>>,
 ) -> StreamVec<'s, u64, ()> {
-    let scope = stream.scope();
-    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-        Pipeline,
-        "archive-sink",
-        move |cap, info| {
-            drop(cap);
-            outbox.borrow_mut().activator = Some(scope.activator_for(info.address.clone()));
-            let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-            move |(input, frontier), _output| {
-                let mut ob = outbox.borrow_mut();
-                input.for_each(|cap, data| {
-                    if let Some(cap) = cap.retain_least(0) {
-                        let t = *cap.time();
-                        for e in data.drain(..) {
-                            *ob.unacked.entry(t).or_default() += 1;
-                            ob.queue.push_back((t, e));
-                        }
-                        held.entry(t).or_insert(cap);
-                    }
-                });
-                ob.pump();
-                // A tick is archived once no more episodes can come for it and none is unacked.
-                held.retain(|t, _| frontier.frontier().less_equal(t) || ob.unacked.contains_key(t));
-            }
-        },
-    )
+    held(stream, "archive-sink", outbox)
 }

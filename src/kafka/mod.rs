@@ -252,8 +252,7 @@ fn worker_loop(
         archive,
         on_assigned,
     } = *control;
-    let archive =
-        archive.map(|l| ArchiveOutbox::new(l.lock().expect("lanes lock").pop().expect("a lane per worker")));
+    let archive = archive.map(ArchiveOutbox::from_lanes);
     let index = worker.index();
     let peers = worker.peers();
     let mine = source::assigned(partitions, index, peers);

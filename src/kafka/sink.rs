@@ -15,15 +15,12 @@ use std::time::Duration;
 use anyhow::Context;
 use bizra_dataflows::dead_letter::DeadLetter;
 use bizra_dataflows::operators::commit::Output;
+use bizra_dataflows::operators::held::{held, Acknowledged};
 use bizra_dataflows::stats::WindowStats;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 use timely::scheduling::Activator;
 
@@ -99,7 +96,7 @@ pub struct Outbox {
     /// Serialization buffer, reused for every record.
     scratch: Vec<u8>,
     /// Wakes the sink operator when acknowledgements arrive.
-    pub activator: Option<Activator>,
+    activator: Option<Activator>,
     /// A delivery failed definitely: stop, commit nothing more.
     pub fatal: Option<String>,
 }
@@ -136,11 +133,6 @@ impl Outbox {
             activator: None,
             fatal: None,
         }))
-    }
-
-    fn push(&mut self, tick: u64, out: Output) {
-        *self.unacked.entry(tick).or_default() += 1;
-        self.queue.push_back(Pending { tick, out });
     }
 
     /// Queues one window-statistics record for the stats topic.
@@ -261,31 +253,23 @@ impl Outbox {
     }
 }
 
+impl Acknowledged<Output> for Outbox {
+    fn push(&mut self, tick: u64, out: Output) {
+        *self.unacked.entry(tick).or_default() += 1;
+        self.queue.push_back(Pending { tick, out });
+    }
+
+    fn pending(&self, tick: u64) -> bool {
+        self.unacked.contains_key(&tick)
+    }
+
+    fn set_activator(&mut self, activator: Activator) {
+        self.activator = Some(activator);
+    }
+}
+
 /// The sink operator: queues every output in the outbox under its tick and holds that
 /// tick's capability until all of its records are acknowledged.
 pub fn sink<'s>(stream: StreamVec<'s, u64, Output>, outbox: Rc<RefCell<Outbox>>) -> StreamVec<'s, u64, ()> {
-    let scope = stream.scope();
-    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-        Pipeline,
-        "kafka-sink",
-        move |cap, info| {
-            drop(cap);
-            outbox.borrow_mut().activator = Some(scope.activator_for(info.address.clone()));
-            let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-            move |(input, frontier), _output| {
-                let mut ob = outbox.borrow_mut();
-                input.for_each(|cap, data: &mut Vec<Output>| {
-                    if let Some(cap) = cap.retain_least(0) {
-                        let t = *cap.time();
-                        for o in data.drain(..) {
-                            ob.push(t, o);
-                        }
-                        held.entry(t).or_insert(cap);
-                    }
-                });
-                // A tick is delivered once no more records can come for it and none is unacked.
-                held.retain(|t, _| frontier.frontier().less_equal(t) || ob.unacked.contains_key(t));
-            }
-        },
-    )
+    held(stream, "kafka-sink", outbox)
 }

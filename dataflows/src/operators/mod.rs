@@ -3,6 +3,7 @@
 
 pub mod commit;
 pub mod episodes;
+pub mod held;
 pub mod verify;
 
 /// Milliseconds on a monotonic clock private to one operator.

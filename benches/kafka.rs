@@ -2,7 +2,10 @@
 //! the maximum rate. Needs the test broker (`scripts/tansu`) and a release build of bizra.
 //! Run: `cargo bench --bench kafka` (N with `BIZRA_BENCH_N`, default 200000; producer
 //! compression with `BIZRA_BENCH_COMPRESSION`, default lz4; `BIZRA_BENCH_LATENCY=0` skips
-//! the latency phase; extra `[kafka]` keys with `BIZRA_BENCH_KAFKA`).
+//! the latency phase; extra `[kafka]` keys with `BIZRA_BENCH_KAFKA`; bizra's workers with
+//! `BIZRA_BENCH_WORKERS`, default 2; `BIZRA_BENCH_COMPARE=PATH` also times another bizra
+//! binary, e.g. the previous commit's, in the same run, before and after this one, and skips
+//! the latency phase).
 //!
 //! 1. A tansu broker with memory storage (fast; we only read from the start) on a free port.
 //! 2. N generated observations are preloaded into an 8-partition topic.
@@ -159,8 +162,16 @@ fn passthrough(addr: &str, n: usize) -> Duration {
     started.elapsed()
 }
 
+/// bizra's worker threads (`BIZRA_BENCH_WORKERS`, default 2).
+fn workers() -> String {
+    std::env::var("BIZRA_BENCH_WORKERS").unwrap_or_else(|_| "2".into())
+}
+
 fn bizra(addr: &str, group: &str, input: &str) -> Child {
-    let bin = env!("CARGO_BIN_EXE_bizra");
+    bizra_bin(env!("CARGO_BIN_EXE_bizra").as_ref(), addr, group, input)
+}
+
+fn bizra_bin(bin: &std::path::Path, addr: &str, group: &str, input: &str) -> Child {
     let cfg = std::env::temp_dir().join(format!("bizra-bench-{group}.toml"));
     // Extra `[kafka]` keys for experiments, e.g. BIZRA_BENCH_KAFKA='max_inflight_ticks = 200'.
     let extra = std::env::var("BIZRA_BENCH_KAFKA")
@@ -177,7 +188,7 @@ fn bizra(addr: &str, group: &str, input: &str) -> Child {
             "run",
             "-q",
             "-w",
-            "2",
+            &workers(),
             "--brokers",
             addr,
             "--group",
@@ -262,6 +273,27 @@ fn main() {
         base.as_secs_f64()
     );
 
+    // An A/B comparison on the same broker and input: the other binary runs before and after.
+    let compare = std::env::var_os("BIZRA_BENCH_COMPARE").map(PathBuf::from);
+    let compare_run = |round: usize| {
+        if let Some(bin) = &compare {
+            let group = format!("bench-compare-{round}");
+            let started = Instant::now();
+            let run = bizra_bin(bin, &addr, &group, "bench.in");
+            wait_committed(&addr, &group, "bench.in", n, Duration::from_secs(600));
+            let took = started.elapsed();
+            stop(run);
+            let rate = n as f64 / took.as_secs_f64();
+            println!(
+                "compare {}: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
+                bin.display(),
+                took.as_secs_f64(),
+                rate / base_rate
+            );
+        }
+    };
+    compare_run(0);
+
     let started = Instant::now();
     let run = bizra(&addr, "bench-throughput", "bench.in");
     // bizra commits input offsets only once every output derived from them is acknowledged,
@@ -269,20 +301,24 @@ fn main() {
     wait_committed(&addr, "bench-throughput", "bench.in", n, Duration::from_secs(600));
     let took = started.elapsed();
     stop(run);
+    // With a comparison, its first run's verdicts come first in the topic.
+    let expect = if compare.is_some() { 2 * n } else { n };
     let mut verdicts = Counter::new(&addr, "bizra.verdicts", 0);
     assert!(
-        verdicts.wait_for(n, Duration::from_secs(120)),
-        "bizra produced {} of {n} verdicts",
+        verdicts.wait_for(expect, Duration::from_secs(120)),
+        "bizra produced {} of {expect} verdicts",
         verdicts.seen
     );
     let rate = n as f64 / took.as_secs_f64();
     println!(
-        "bizra -w 2: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
+        "bizra -w {}: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
+        workers(),
         took.as_secs_f64(),
         rate / base_rate
     );
+    compare_run(1);
 
-    if std::env::var("BIZRA_BENCH_LATENCY").as_deref() == Ok("0") {
+    if compare.is_some() || std::env::var("BIZRA_BENCH_LATENCY").as_deref() == Ok("0") {
         // Clients first: a client dropped after its broker is gone blocks on closing.
         drop((p, verdicts));
         let _ = broker.kill();

@@ -258,7 +258,10 @@ impl Outbox {
         }
         let buf = &mut self.bufs[kind as usize];
         let written = match o {
-            Output::Verdict(v) => serde_json::to_writer(&mut *buf, v),
+            Output::Verdict(v) => {
+                bizra_dataflows::wire::write_verdict(buf, v);
+                Ok(())
+            }
             Output::Commitment(c) => serde_json::to_writer(&mut *buf, c),
             Output::DeadLetter(d) => serde_json::to_writer(&mut *buf, d),
         };
@@ -606,7 +609,11 @@ fn kind_of(o: &Output) -> u8 {
 
 fn encode(o: &Output) -> (u8, Vec<u8>) {
     let bytes = match o {
-        Output::Verdict(v) => serde_json::to_vec(v),
+        Output::Verdict(v) => {
+            let mut out = Vec::new();
+            bizra_dataflows::wire::write_verdict(&mut out, v);
+            Ok(out)
+        }
         Output::Commitment(c) => serde_json::to_vec(c),
         Output::DeadLetter(d) => serde_json::to_vec(d),
     };

@@ -8,6 +8,7 @@
 //! - `convergence`, `value`, `ethics`, `snr`: the scoring stages (SPEC §2.1, §2.3–§2.5).
 //! - `verification/`: digest, signatures, replay guard, tiers, Merkle trees, commitments.
 //! - `verdict`: the output record (SPEC §1.2); `record`: what flows between operators.
+//! - `wire`: the verdict's JSON, written by hand (same bytes as serde_json, faster).
 //! - `explain`: the optional human-readable `explanation` of a verdict, in three styles.
 //! - `episode`: the compact per-batch record of the audit archive and its hash chain.
 //! - `operators/`: timely operators wrapping the stages; `pipeline` wires them.
@@ -28,3 +29,4 @@ pub mod stats;
 pub mod value;
 pub mod verdict;
 pub mod verification;
+pub mod wire;

@@ -167,7 +167,7 @@ impl Outbox {
                     let tick = p.tick as usize;
                     match &p.out {
                         Output::Verdict(v) => {
-                            serde_json::to_writer(&mut self.scratch, v).expect("verdicts serialize");
+                            bizra_dataflows::wire::write_verdict(&mut self.scratch, v);
                             (VERDICTS, tick, Some(Cow::Borrowed(v.id.as_str())), None)
                         }
                         Output::Commitment(c) => {

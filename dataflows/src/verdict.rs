@@ -161,7 +161,7 @@ pub fn assess(c: Checked, policy: &Policy, policy_version: &str) -> Assessed {
         batch,
         proof: None,
         latency_ms: 0.0,
-        payload_digest: format!("sha256:{}", hex::encode(obs.payload_sha256)),
+        payload_digest: crate::verification::sha256_ref(&obs.payload_sha256),
         explanation: None,
         event_ms: scored.decoded.origin.event_ms,
         domain,

@@ -21,7 +21,7 @@ use crate::record::{Assessed, BatchEvent};
 use crate::verdict::{Proof, Verdict};
 use crate::verification::commitment::{Chain, Commitment};
 use crate::verification::merkle::{Hash, Tree};
-use crate::verification::Tier;
+use crate::verification::{to_hex, Tier};
 
 /// Everything bizra writes, one variant per output topic/file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,14 +130,14 @@ pub fn commit<'s>(
                         .map(|l| l.expect("sealed batch has every leaf"))
                         .collect();
                     let tree = Tree::new(leaves);
-                    let root = hex::encode(tree.root());
+                    let root = to_hex(&tree.root());
                     let mut session = output.session(&p.cap);
                     for mut v in p.held {
                         let path = tree.path(v.batch.leaf_index as usize);
                         v.proof = Some(Proof {
                             tree_size: tree.len() as u64,
                             root: root.clone(),
-                            path: path.iter().map(hex::encode).collect(),
+                            path: path.iter().map(|h| to_hex(h)).collect(),
                         });
                         session.give(Output::Verdict(v));
                     }

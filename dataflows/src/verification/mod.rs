@@ -144,3 +144,31 @@ impl Checks {
 
 pub mod batcher;
 pub use batcher::{ShardVerifier, VerifyConfig};
+
+/// Lower-case hex of `bytes`, as `hex::encode` but through a byte buffer: `hex::encode`
+/// collects `char`s one by one, which showed in profiles for the Merkle paths and leaves.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex::encode_to_slice(bytes, &mut out).expect("the buffer is twice the input");
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// `sha256:<hex>`, the payload digest's wire form.
+pub fn sha256_ref(digest: &[u8; 32]) -> String {
+    let mut out = Vec::with_capacity(7 + 64);
+    out.extend_from_slice(b"sha256:");
+    out.resize(7 + 64, 0);
+    hex::encode_to_slice(digest, &mut out[7..]).expect("64 bytes for 32");
+    String::from_utf8(out).expect("ASCII")
+}
+
+#[cfg(test)]
+mod hex_tests {
+    #[test]
+    fn to_hex_and_sha256_ref_match_hex_encode() {
+        let d: [u8; 32] = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        assert_eq!(super::to_hex(&d), hex::encode(d));
+        assert_eq!(super::to_hex(&[]), "");
+        assert_eq!(super::sha256_ref(&d), format!("sha256:{}", hex::encode(d)));
+    }
+}

@@ -15,14 +15,15 @@ use bizra_dataflows::decode::{decode, Limits};
 use bizra_dataflows::ethics::evaluate;
 use bizra_dataflows::explain::Style;
 use bizra_dataflows::observation::{InputRef, Observation};
-use bizra_dataflows::pipeline::{assess_record, decode_record, RawRecord};
+use bizra_dataflows::pipeline::assess_record;
 use bizra_dataflows::policy::Policy;
-use bizra_dataflows::record::{Checked, Scored};
+use bizra_dataflows::record::Checked;
+use bizra_dataflows::testing::{self, verification};
 use bizra_dataflows::value::{assess, Provenance};
 use bizra_dataflows::verification::leaf::LeafFields;
 use bizra_dataflows::verification::merkle::{Hash, Tree};
 use bizra_dataflows::verification::signature::{observation_message, verify_batch};
-use bizra_dataflows::verification::{BatchRef, Checks, DigestCheck, SignatureCheck, Tier, Verification};
+use bizra_dataflows::verification::{BatchRef, Tier};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ed25519_dalek::Signer;
 
@@ -154,40 +155,18 @@ fn checked(raw: &[Vec<u8>], policy: &Policy) -> Vec<Checked> {
     raw.iter()
         .enumerate()
         .map(|(i, bytes)| {
-            let record = RawRecord {
-                bytes: bytes.clone(),
-                input: Some(InputRef {
-                    topic: "gen".into(),
-                    partition: 0,
-                    offset: i as i64,
-                }),
-                position: i as u64,
-                ingest_ms: 0,
-                message_ms: None,
-                oversize: None,
+            let input = InputRef {
+                topic: "gen".into(),
+                partition: 0,
+                offset: i as i64,
             };
-            let decoded =
-                decode_record(record, &Limits::default(), 1 << 21).expect("generated record decodes");
-            let convergence = converge(&decoded.obs, &policy.convergence);
-            Checked {
-                scored: Scored { decoded, convergence },
-                verification: Verification {
-                    tier: Tier::Incremental,
-                    valid: true,
-                    confidence: 0.85,
-                    checks: Checks {
-                        digest: DigestCheck::Absent,
-                        signature: SignatureCheck::Absent,
-                        replay: false,
-                    },
-                    reason: None,
-                },
-                batch: BatchRef {
-                    shard: 0,
-                    seq: i as u64 / 64,
-                    leaf_index: (i % 64) as u32,
-                },
-            }
+            let batch = BatchRef {
+                shard: 0,
+                seq: i as u64 / 64,
+                leaf_index: (i % 64) as u32,
+            };
+            let passed = verification(Tier::Incremental, true, 0.85, false);
+            testing::checked(bytes, Some(input), 0, policy, passed, batch)
         })
         .collect()
 }

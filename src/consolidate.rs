@@ -856,10 +856,9 @@ impl Appender {
 mod tests {
     use std::time::Duration;
 
-    use bizra_dataflows::pipeline::{decode_record, RawRecord};
     use bizra_dataflows::policy::Policy;
-    use bizra_dataflows::record::{Checked, Scored};
-    use bizra_dataflows::verification::{BatchRef, Checks, DigestCheck, SignatureCheck, Verification};
+    use bizra_dataflows::testing::{checked, verification};
+    use bizra_dataflows::verification::BatchRef;
     use serde_json::json;
 
     use super::*;
@@ -889,36 +888,21 @@ mod tests {
     /// and event time as given.
     fn verdict(i: usize, tier: Tier, valid: bool, event_ms: i64) -> Verdict {
         let obs = json!({"id": format!("o{i}"), "data": format!("reading {i} {}", i * i % 97), "context": context(i)});
-        let raw = RawRecord {
-            bytes: obs.to_string().into_bytes(),
-            input: None,
-            position: i as u64,
-            ingest_ms: event_ms,
-            message_ms: None,
-            oversize: None,
-        };
-        let decoded = decode_record(raw, &Default::default(), 1 << 20).expect("decodes");
         let policy = Policy::reference();
-        let convergence = bizra_dataflows::convergence::converge(&decoded.obs, &policy.convergence);
-        let checked = Checked {
-            scored: Scored { decoded, convergence },
-            verification: Verification {
-                tier,
-                valid,
-                confidence: 1.0,
-                checks: Checks {
-                    digest: DigestCheck::Absent,
-                    signature: SignatureCheck::Absent,
-                    replay: false,
-                },
-                reason: None,
-            },
-            batch: BatchRef {
-                shard: 0,
-                seq: 0,
-                leaf_index: 0,
-            },
+        let batch = BatchRef {
+            shard: 0,
+            seq: 0,
+            leaf_index: 0,
         };
+        let outcome = verification(tier, valid, 1.0, false);
+        let checked = checked(
+            obs.to_string().as_bytes(),
+            None,
+            event_ms,
+            &policy,
+            outcome,
+            batch,
+        );
         let mut v = *bizra_dataflows::verdict::assess(checked, &policy, &policy.version()).verdict;
         v.event_ms = event_ms;
         v

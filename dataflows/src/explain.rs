@@ -344,49 +344,29 @@ fn audit(v: &Verdict, s: &mut String) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convergence::converge;
     use crate::observation::InputRef;
-    use crate::pipeline::{assess_record, decode_record, RawRecord};
+    use crate::pipeline::assess_record;
     use crate::policy::Policy;
-    use crate::record::{Assessed, Checked, Scored};
-    use crate::verification::{BatchRef, Checks, DigestCheck, SignatureCheck, Tier, Verification};
+    use crate::record::Assessed;
+    use crate::testing::{checked, verification};
+    use crate::verification::{BatchRef, Tier};
 
     /// `json` decoded, scored and assessed into a real verdict; `invalid` makes it a replay.
     fn assessed(json: &str, offset: i64, invalid: bool, explain: Option<Style>) -> Assessed {
-        let raw = RawRecord {
-            bytes: json.as_bytes().to_vec(),
-            input: Some(InputRef {
-                topic: "bizra.observations".into(),
-                partition: 3,
-                offset,
-            }),
-            position: offset as u64,
-            ingest_ms: 0,
-            message_ms: None,
-            oversize: None,
+        let input = InputRef {
+            topic: "bizra.observations".into(),
+            partition: 3,
+            offset,
         };
-        let decoded = decode_record(raw, &Default::default(), 1 << 20).expect("decodes");
+        let confidence = if invalid { 0.0 } else { 0.85 };
+        let outcome = verification(Tier::Incremental, !invalid, confidence, invalid);
+        let batch = BatchRef {
+            shard: 1,
+            seq: 7,
+            leaf_index: offset as u32,
+        };
         let policy = Policy::reference();
-        let convergence = converge(&decoded.obs, &policy.convergence);
-        let checked = Checked {
-            scored: Scored { decoded, convergence },
-            verification: Verification {
-                tier: Tier::Incremental,
-                valid: !invalid,
-                confidence: if invalid { 0.0 } else { 0.85 },
-                checks: Checks {
-                    digest: DigestCheck::Absent,
-                    signature: SignatureCheck::Absent,
-                    replay: invalid,
-                },
-                reason: invalid.then(|| "replay".into()),
-            },
-            batch: BatchRef {
-                shard: 1,
-                seq: 7,
-                leaf_index: offset as u32,
-            },
-        };
+        let checked = checked(json.as_bytes(), Some(input), 0, &policy, outcome, batch);
         assess_record(checked, &policy, &policy.version(), explain)
     }
 

@@ -26,6 +26,8 @@ pub mod policy;
 pub mod record;
 pub mod snr;
 pub mod stats;
+#[doc(hidden)]
+pub mod testing;
 pub mod value;
 pub mod verdict;
 pub mod verification;

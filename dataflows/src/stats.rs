@@ -888,41 +888,19 @@ mod tests {
 
     #[test]
     fn sample_takes_its_fields_and_a_bounded_domain_from_the_verdict() {
-        use crate::pipeline::{decode_record, RawRecord};
         use crate::policy::Policy;
-        use crate::record::{Checked, Scored};
-        use crate::verification::{BatchRef, Checks, DigestCheck, SignatureCheck, Verification};
+        use crate::testing::{checked, verification};
+        use crate::verification::BatchRef;
 
-        let raw = RawRecord {
-            bytes: br#"{"id":"a","data":"hello"}"#.to_vec(),
-            input: None,
-            position: 0,
-            ingest_ms: 123_456,
-            message_ms: None,
-            oversize: None,
-        };
-        let decoded = decode_record(raw, &Default::default(), 1 << 20).expect("decodes");
         let policy = Policy::reference();
-        let convergence = crate::convergence::converge(&decoded.obs, &policy.convergence);
-        let checked = Checked {
-            scored: Scored { decoded, convergence },
-            verification: Verification {
-                tier: Tier::Full,
-                valid: false,
-                confidence: 0.0,
-                checks: Checks {
-                    digest: DigestCheck::Absent,
-                    signature: SignatureCheck::Absent,
-                    replay: true,
-                },
-                reason: Some("replay".into()),
-            },
-            batch: BatchRef {
-                shard: 0,
-                seq: 0,
-                leaf_index: 0,
-            },
+        let batch = BatchRef {
+            shard: 0,
+            seq: 0,
+            leaf_index: 0,
         };
+        let json = br#"{"id":"a","data":"hello"}"#;
+        let replay = verification(Tier::Full, false, 0.0, true);
+        let checked = checked(json, None, 123_456, &policy, replay, batch);
         let mut v = *crate::verdict::assess(checked, &policy, &policy.version()).verdict;
         v.latency_ms = 12.5;
         let cfg = StatsConfig::default();

@@ -1,18 +1,25 @@
 //! End-to-end Kafka throughput against a passthrough baseline, and verdict latency at half
 //! the maximum rate. Needs the test broker (`scripts/tansu`) and a release build of bizra.
-//! Run: `cargo bench --bench kafka` (N with `BIZRA_BENCH_N`, default 200000; producer
-//! compression with `BIZRA_BENCH_COMPRESSION`, default lz4; `BIZRA_BENCH_LATENCY=0` skips
-//! the latency phase; extra `[kafka]` keys with `BIZRA_BENCH_KAFKA`; bizra's workers with
-//! `BIZRA_BENCH_WORKERS`, default 2; `BIZRA_BENCH_COMPARE=PATH` also times another bizra
-//! binary, e.g. the previous commit's, in the same run, before and after this one, and skips
-//! the latency phase).
+//! Run: `cargo bench --bench kafka`. Environment:
+//! - `BIZRA_BENCH_N`: observations, default 200000;
+//! - `BIZRA_BENCH_ROUNDS=R`: R rounds of passthrough then bizra on one broker, with medians;
+//! - `BIZRA_BENCH_COMPRESSION`: producer compression for both, default lz4 (as bizra);
+//! - `BIZRA_BENCH_WORKERS`: bizra's workers, default 2;
+//! - `BIZRA_BENCH_LATENCY=0`: skips the latency phase;
+//! - `BIZRA_BENCH_KAFKA`: extra `[kafka]` keys for bizra, `;`-separated;
+//! - `BIZRA_BENCH_COMPARE=PATH`: also times another bizra binary (e.g. the previous commit's)
+//!   in every round, first in even rounds and second in odd ones;
+//! - `BIZRA_BENCH_ARGS`: extra arguments for this build's bizra only; with
+//!   `BIZRA_BENCH_COMPARE` set to this same binary, `BIZRA_BENCH_ARGS="--data-dir D"`
+//!   measures the archive on against off.
 //!
 //! 1. A tansu broker with memory storage (fast; we only read from the start) on a free port.
 //! 2. N generated observations are preloaded into an 8-partition topic.
 //! 3. Passthrough: 2 threads, each consuming 4 partitions and producing every message to an
 //!    output topic with the producer settings bizra uses, until all are acknowledged.
-//! 4. bizra `-w 2` consumes the same topic and produces verdicts; timed from start until
-//!    the verdict topic holds one verdict per good record.
+//! 4. bizra `-w 2` consumes the same topic and produces verdicts; timed from process start
+//!    until its consumer group has committed every input offset (bizra commits an offset only
+//!    when everything produced from it is acknowledged); the verdicts are counted afterwards.
 //! 5. Latency: a fresh topic is fed at half of bizra's measured rate while bizra runs; the
 //!    latency of each verdict is its Kafka timestamp (set when produced; acks follow within
 //!    `linger.ms`) minus its input's timestamp, recorded in an HDR histogram.
@@ -167,11 +174,14 @@ fn workers() -> String {
     std::env::var("BIZRA_BENCH_WORKERS").unwrap_or_else(|_| "2".into())
 }
 
+/// This build's bizra, with the extra arguments of `BIZRA_BENCH_ARGS` (split at spaces).
 fn bizra(addr: &str, group: &str, input: &str) -> Child {
-    bizra_bin(env!("CARGO_BIN_EXE_bizra").as_ref(), addr, group, input)
+    let extra = std::env::var("BIZRA_BENCH_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    bizra_bin(env!("CARGO_BIN_EXE_bizra").as_ref(), addr, group, input, &extra)
 }
 
-fn bizra_bin(bin: &std::path::Path, addr: &str, group: &str, input: &str) -> Child {
+fn bizra_bin(bin: &std::path::Path, addr: &str, group: &str, input: &str, extra_args: &[&str]) -> Child {
     let cfg = std::env::temp_dir().join(format!("bizra-bench-{group}.toml"));
     // Extra `[kafka]` keys for experiments, e.g. BIZRA_BENCH_KAFKA='max_inflight_ticks = 200'.
     let extra = std::env::var("BIZRA_BENCH_KAFKA")
@@ -196,6 +206,7 @@ fn bizra_bin(bin: &std::path::Path, addr: &str, group: &str, input: &str) -> Chi
             "--config",
         ])
         .arg(&cfg)
+        .args(extra_args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -266,59 +277,84 @@ fn main() {
     p.flush(Duration::from_secs(120)).unwrap();
     println!("preloaded {n} observations into 8 partitions");
 
-    let base = passthrough(&addr, n);
-    let base_rate = n as f64 / base.as_secs_f64();
-    println!(
-        "passthrough: {n} in {:.2} s = {base_rate:.0} msg/s",
-        base.as_secs_f64()
-    );
-
-    // An A/B comparison on the same broker and input: the other binary runs before and after.
+    // Rounds alternate passthrough and bizra on the same broker, so that a drift of the machine
+    // or of the broker (it slows as its topics fill) affects both; the median ratio is reported.
+    let rounds: usize = std::env::var("BIZRA_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    // An A/B comparison on the same broker and input: the other binary runs in every round,
+    // first in even rounds and second in odd ones.
     let compare = std::env::var_os("BIZRA_BENCH_COMPARE").map(PathBuf::from);
-    let compare_run = |round: usize| {
-        if let Some(bin) = &compare {
-            let group = format!("bench-compare-{round}");
-            let started = Instant::now();
-            let run = bizra_bin(bin, &addr, &group, "bench.in");
-            wait_committed(&addr, &group, "bench.in", n, Duration::from_secs(600));
-            let took = started.elapsed();
-            stop(run);
-            let rate = n as f64 / took.as_secs_f64();
-            println!(
-                "compare {}: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
-                bin.display(),
-                took.as_secs_f64(),
-                rate / base_rate
-            );
-        }
+    // One bizra run: its rate, timed from process start until its group has committed every
+    // input offset. bizra commits an offset only once every output derived from it is
+    // acknowledged, so that is "the last verdict is acknowledged".
+    let timed = |run: Child, group: &str| {
+        let started = Instant::now();
+        wait_committed(&addr, group, "bench.in", n, Duration::from_secs(600));
+        let took = started.elapsed();
+        stop(run);
+        (n as f64 / took.as_secs_f64(), took)
     };
-    compare_run(0);
-
-    let started = Instant::now();
-    let run = bizra(&addr, "bench-throughput", "bench.in");
-    // bizra commits input offsets only once every output derived from them is acknowledged,
-    // so "all offsets committed" is "the last verdict is acknowledged".
-    wait_committed(&addr, "bench-throughput", "bench.in", n, Duration::from_secs(600));
-    let took = started.elapsed();
-    stop(run);
-    // With a comparison, its first run's verdicts come first in the topic.
-    let expect = if compare.is_some() { 2 * n } else { n };
+    let (mut ratios, mut rates, mut compare_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut runs = 0;
+    for round in 0..rounds {
+        let base = passthrough(&addr, n);
+        let base_rate = n as f64 / base.as_secs_f64();
+        println!(
+            "round {round}: passthrough: {n} in {:.2} s = {base_rate:.0} msg/s",
+            base.as_secs_f64()
+        );
+        for first in [true, false] {
+            if let Some(bin) = compare.as_ref().filter(|_| first == (round % 2 == 0)) {
+                let group = format!("bench-compare-{round}");
+                let (rate, took) = timed(bizra_bin(bin, &addr, &group, "bench.in", &[]), &group);
+                runs += 1;
+                compare_ratios.push(rate / base_rate);
+                println!(
+                    "round {round}: compare {}: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
+                    bin.display(),
+                    took.as_secs_f64(),
+                    rate / base_rate
+                );
+            }
+            if first {
+                let group = format!("bench-throughput-{round}");
+                let (rate, took) = timed(bizra(&addr, &group, "bench.in"), &group);
+                runs += 1;
+                rates.push(rate);
+                ratios.push(rate / base_rate);
+                println!(
+                    "round {round}: bizra -w {}: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
+                    workers(),
+                    took.as_secs_f64(),
+                    rate / base_rate
+                );
+            }
+        }
+    }
     let mut verdicts = Counter::new(&addr, "bizra.verdicts", 0);
     assert!(
-        verdicts.wait_for(expect, Duration::from_secs(120)),
-        "bizra produced {} of {expect} verdicts",
-        verdicts.seen
+        verdicts.wait_for(runs * n, Duration::from_secs(120)),
+        "{runs} bizra runs produced {} of {} verdicts",
+        verdicts.seen,
+        runs * n
     );
-    let rate = n as f64 / took.as_secs_f64();
-    println!(
-        "bizra -w {}: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
-        workers(),
-        took.as_secs_f64(),
-        rate / base_rate
-    );
-    compare_run(1);
+    let rate = median(&mut rates);
+    if rounds > 1 {
+        println!(
+            "median over {rounds} rounds: bizra {rate:.0} obs/s, ratio to passthrough {:.2}",
+            median(&mut ratios)
+        );
+        if compare.is_some() {
+            println!(
+                "median ratio of the compared binary: {:.2}",
+                median(&mut compare_ratios)
+            );
+        }
+    }
 
-    if compare.is_some() || std::env::var("BIZRA_BENCH_LATENCY").as_deref() == Ok("0") {
+    if std::env::var("BIZRA_BENCH_LATENCY").as_deref() == Ok("0") {
         // Clients first: a client dropped after its broker is gone blocks on closing.
         drop((p, verdicts));
         let _ = broker.kill();
@@ -343,7 +379,7 @@ fn main() {
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(60)).unwrap();
-    verdicts.wait_for(n + live_n, Duration::from_secs(120));
+    verdicts.wait_for(runs * n + live_n, Duration::from_secs(120));
     stop(run);
 
     // Input timestamps by (partition, offset), then each live verdict's latency.
@@ -353,7 +389,7 @@ fn main() {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("bizra.verdicts", 0, Offset::Offset(n as i64))
+    tpl.add_partition_offset("bizra.verdicts", 0, Offset::Offset((runs * n) as i64))
         .unwrap();
     c.assign(&tpl).unwrap();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000, 3).unwrap();
@@ -388,6 +424,11 @@ fn main() {
 }
 
 /// Waits until `group` has committed offsets summing to `n` over the partitions of `topic`.
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
 fn wait_committed(addr: &str, group: &str, topic: &str, n: usize, timeout: Duration) {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)

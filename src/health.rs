@@ -332,7 +332,7 @@ fn percent(rate: f64) -> String {
 }
 
 fn seconds(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
     } else {
         format!("{:.1} s", ms as f64 / 1000.0)
@@ -468,7 +468,7 @@ mod tests {
     fn a_single_error_decays_once_the_window_passes_with_traffic() {
         let mut feed = Feed::new();
         // One record a second, so one error among 60 is a critical rate.
-        let slow = |s: &mut Sample| s.processed += u64::from(s.now_ms % 1000 == 0);
+        let slow = |s: &mut Sample| s.processed += u64::from(s.now_ms.is_multiple_of(1000));
         feed.until(10_000, slow);
         let health = feed.report(|s| s.errors += 1);
         assert_eq!(health.status, Status::Critical);

@@ -7,6 +7,7 @@
 //!   retention, verify and lookup.
 //! - `config`: the configuration tree, embedded defaults, policy/keyring/key loading.
 //! - `consolidate`: working-memory (L2) summaries per window, their novelty and xz compression.
+//! - `data_dir`: the `--data-dir` lock (one process per data directory).
 //! - `gen`: the deterministic generator of realistic observations.
 //! - `io`: reader thread (JSONL → raw records) and writer threads (lines → files/stdout).
 //! - `kafka/`: Kafka mode — source, sinks, offset commits, circuit breaker.
@@ -19,6 +20,7 @@ pub mod archive;
 pub mod audit_cmd;
 pub mod config;
 pub mod consolidate;
+pub mod data_dir;
 pub mod gen;
 pub mod health;
 pub mod http;

@@ -394,7 +394,15 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         None => Source::Lines(InputSpec::parse(&a.input)),
     };
     let pubkey = base64::engine::general_purpose::STANDARD.encode(signing_key.verifying_key().as_bytes());
-    // The archive before any work: a missing or unwritable --data-dir fails start-up.
+    // The archive before any work: a missing, unwritable or busy --data-dir fails start-up.
+    // The lock is held until this function returns, after the last episode is written.
+    let _data_dir_lock = a
+        .data_dir
+        .as_deref()
+        .map(|dir| {
+            bizra::data_dir::DataDirLock::acquire(dir).with_context(|| format!("--data-dir {}", dir.display()))
+        })
+        .transpose()?;
     let (archive, recent) = match &a.data_dir {
         Some(dir) => {
             let acfg = bizra::archive::ArchiveConfig {

@@ -127,7 +127,7 @@ impl StatsConfig {
         if self.slide_ms == 0 {
             return Err("stats.slide_ms: expected a positive number of ms, found 0".into());
         }
-        if self.window_ms == 0 || self.window_ms % self.slide_ms != 0 {
+        if self.window_ms == 0 || !self.window_ms.is_multiple_of(self.slide_ms) {
             return Err(format!(
                 "stats.window_ms: expected a positive multiple of stats.slide_ms ({}), found {}",
                 self.slide_ms, self.window_ms

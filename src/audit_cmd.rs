@@ -32,7 +32,7 @@ fn existing(data_dir: &Path) -> anyhow::Result<PathBuf> {
 #[derive(Serialize)]
 struct Found<'a> {
     file: String,
-    line: u64,
+    entry: u64,
     shard: u32,
     index: u64,
     written_ms: u64,
@@ -43,7 +43,7 @@ impl<'a> From<&'a Stored> for Found<'a> {
     fn from(s: &'a Stored) -> Found<'a> {
         Found {
             file: s.path.display().to_string(),
-            line: s.line,
+            entry: s.entry,
             shard: s.shard,
             index: s.index,
             written_ms: s.written_ms,

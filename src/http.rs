@@ -126,7 +126,7 @@ async fn episode(State(ops): State<Arc<Ops>>, Path(id): Path<String>) -> Respons
         Some(e) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            e.canonical(),
+            serde_json::to_vec(&*e).expect("episodes serialize"),
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "no recent episode holds this id\n").into_response(),

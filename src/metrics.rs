@@ -243,7 +243,7 @@ impl Metrics {
             archive_bytes: IntCounterVec::new(
                 opts(
                     "bizra_archive_bytes_total",
-                    "Archive bytes since start: episode JSON in, xz out (their ratio is the compression).",
+                    "Archive bytes since start: binary episode entries in, xz out (their ratio is the compression).",
                 ),
                 &["form"],
             )?,
@@ -355,7 +355,7 @@ impl Metrics {
         for s in Structure::ALL {
             self.state_entries.with_label_values(&[s.name()]);
         }
-        for f in ["json", "xz"] {
+        for f in ["raw", "xz"] {
             self.archive_bytes.with_label_values(&[f]);
         }
         for o in ["compressed", "dropped", "failed"] {
@@ -415,7 +415,10 @@ impl Metrics {
         use std::sync::atomic::Ordering::Relaxed;
         let n = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
         catch_up(&self.archive_episodes, n(&a.episodes));
-        catch_up(&self.archive_bytes.with_label_values(&["json"]), n(&a.json_bytes));
+        catch_up(
+            &self.archive_bytes.with_label_values(&["raw"]),
+            n(&a.content_bytes),
+        );
         catch_up(&self.archive_bytes.with_label_values(&["xz"]), n(&a.xz_bytes));
         catch_up(&self.archive_errors, n(&a.errors));
         catch_up(&self.archive_segments_deleted, n(&a.segments_deleted));

@@ -9,10 +9,15 @@
 //! <dir>/shard-00003/seg-000000004096.xz   episodes 4096..
 //! <dir>/shard-00003/checkpoint.json       {"first_index":4096,"prev":"<hex128>"} (after retention)
 //! ```
-//! A segment is one xz stream (CRC64 block checks). Its content is JSON lines, one per episode:
-//! `{"index":n,"written_ms":t,"prev":"<hex128>","hash":"<hex128>","root":"<hex128>","episode":{…}}`
-//! - `episode` holds the episode's canonical JSON ([`Episode::canonical`]) and `hash` is its
-//!   SHA3-512 ([`Episode::content_hash`]);
+//! A segment is one xz stream (CRC64 block checks). Its content is a sequence of entries, one
+//! per episode, each a frame: the body's length (u32, little-endian), then the body
+//! ```text
+//! index u64 LE | written_ms u64 LE | prev [64] | hash [64] | root [64] | episode (canonical bytes)
+//! ```
+//! Entries are numbered from 1 in each segment (messages name a break by file and entry).
+//! - `episode` is the episode's canonical binary form ([`Episode::canonical`], which documents
+//!   the layout; it is read back with [`Episode::from_canonical`]) and `hash` is SHA3-512 of
+//!   exactly those bytes ([`Episode::content_hash`]);
 //! - `root` = SHA3-512(`prev` ‖ `hash`), and `prev` is the `root` of the shard's previous
 //!   episode, [`ROOT_0`] (64 zero bytes) before index 0. One chain per shard, by position: a
 //!   repeated observation id is just another episode;
@@ -23,11 +28,14 @@
 //! The writer takes whatever episodes are queued (up to 32, group commit), compresses them and
 //! ends one xz block per shard with a full flush; the bytes are written to the file before any
 //! episode of the group is acknowledged, so a file cut by a crash decodes up to its last
-//! complete episode. A segment rolls after `segment_bytes` of JSON and at every
-//! start of a writer, which never appends to an existing segment: it recovers each shard's tip
-//! (next index and root) from the shard's newest segment and starts the next segment there. A
-//! segment without an xz stream end (the writer was killed, or is still writing) is a torn tail,
-//! a warning and not a break; the next segment must continue at its last complete episode.
+//! complete episode. A segment rolls after `segment_bytes` of content (uncompressed entries)
+//! and at every start of a writer, which never appends to an existing segment: it recovers each
+//! shard's tip (next index and root) from the shard's newest segment and starts the next
+//! segment there. A segment without an xz stream end (the writer was killed, or is still
+//! writing) is a torn tail, a warning and not a break, wherever in an entry (its length prefix
+//! or its body) the file ends; the next segment must continue at its last complete episode. A
+//! body shorter than its header or whose episode does not decode, a length prefix above
+//! 256 MiB and a finished stream that ends inside an entry are malformed entries (breaks).
 //!
 //! Retention deletes whole segments, oldest first and never a shard's newest one: while the
 //! segment files of the whole archive exceed `retention_bytes`, and when a segment's mtime (the
@@ -39,7 +47,7 @@
 //! One writer per directory: two processes writing the same shard would interleave chains.
 //!
 //! # Layout
-//! - `segment`: names, the xz segment writer and reader, the line and checkpoint formats.
+//! - `segment`: names, the xz segment writer and reader, the entry and checkpoint formats.
 //! - `writer`: the background writer pool ([`ArchiveWriter::spawn`]) and its [`ArchiveHandle`].
 //! - `retention`: deleting old segments behind a checkpoint.
 //! - `verify`: replaying every chain into a [`VerifyReport`].
@@ -49,6 +57,7 @@
 //!
 //! [`Episode`]: bizra_dataflows::episode::Episode
 //! [`Episode::canonical`]: bizra_dataflows::episode::Episode::canonical
+//! [`Episode::from_canonical`]: bizra_dataflows::episode::Episode::from_canonical
 //! [`Episode::content_hash`]: bizra_dataflows::episode::Episode::content_hash
 //! [`ROOT_0`]: bizra_dataflows::episode::ROOT_0
 
@@ -83,11 +92,11 @@ pub struct ArchiveConfig {
     #[serde(skip)]
     pub dir: PathBuf,
     /// xz preset, 0 (fastest) to 9 (smallest). The encoder of each shard's open segment needs
-    /// 3 MiB at 0, 32 MiB at 3, 94 MiB at 6 and 674 MiB at 9 (xz(1), "CompMem"). On episode
-    /// JSON, 6 is about 4 times slower than 0 for files about 20 % smaller.
+    /// 3 MiB at 0, 32 MiB at 3, 94 MiB at 6 and 674 MiB at 9 (xz(1), "CompMem"). On the former
+    /// JSON-lines content, 6 was about 4 times slower than 0 for files about 20 % smaller.
     pub preset: u32,
-    /// A segment rolls once this many bytes of JSON were written to it; retention deletes whole
-    /// segments, so this is also its granularity.
+    /// A segment rolls once this many bytes of content (uncompressed entries) were written to
+    /// it; retention deletes whole segments, so this is also its granularity.
     pub segment_bytes: u64,
     /// Retention: the most bytes the segment files of all shards may take on disk.
     pub retention_bytes: u64,
@@ -154,15 +163,20 @@ pub enum ArchiveError {
         what: &'static str,
         source: io::Error,
     },
-    #[error("{} line {line}: expected an episode line, found {found}", path.display())]
-    Malformed { path: PathBuf, line: u64, found: String },
+    /// Entry `entry` (1-based, in the decompressed segment) is not an episode entry.
+    #[error("{} entry {entry}: expected an episode entry, found {found}", path.display())]
+    Malformed {
+        path: PathBuf,
+        entry: u64,
+        found: String,
+    },
     #[error(
-        "{}: expected an xz stream, decoding failed in line {line} at compressed byte {offset}: {source}",
+        "{}: expected an xz stream, decoding failed in entry {entry} at compressed byte {offset}: {source}",
         path.display()
     )]
     Decode {
         path: PathBuf,
-        line: u64,
+        entry: u64,
         offset: u64,
         source: io::Error,
     },

@@ -16,9 +16,9 @@ pub struct Stored {
     pub shard: u32,
     /// Position in the shard's chain.
     pub index: u64,
-    /// The segment file and the 1-based line in its decompressed content.
+    /// The segment file and the 1-based entry in its decompressed content.
     pub path: PathBuf,
-    pub line: u64,
+    pub entry: u64,
     /// When the writer stored it (not covered by the chain).
     pub written_ms: u64,
     /// The chain root after this episode.
@@ -26,9 +26,11 @@ pub struct Stored {
     pub episode: Episode,
 }
 
-/// Every stored episode of the archive at `dir`: shards ascending, then segments and lines in
+/// Every stored episode of the archive at `dir`: shards ascending, then segments and entries in
 /// order. A segment that does not decode yields its error and the iterator goes on with the next
-/// one; a malformed line yields its error and the rest of its segment is still read.
+/// one; a malformed entry yields its error and the rest of its segment is still read, unless
+/// the entry's framing is what is broken (the stream ends inside it, or its length is out of
+/// bounds): then nothing after it can be found and the iterator goes on with the next segment.
 pub fn episodes(dir: &Path) -> Result<Episodes, ArchiveError> {
     let mut segments = VecDeque::new();
     for shard in list_shards(dir)? {
@@ -63,8 +65,8 @@ impl Iterator for Episodes {
                     }
                 }
             };
-            let line = match reader.next_line() {
-                Ok(line) => line,
+            let body = match reader.next_frame() {
+                Ok(body) => body,
                 Err(SegmentEnd::Finished | SegmentEnd::Torn { .. }) => {
                     self.current = None;
                     continue;
@@ -72,20 +74,24 @@ impl Iterator for Episodes {
                 Err(SegmentEnd::Corrupt { offset, error }) => {
                     let e = ArchiveError::Decode {
                         path: reader.path.clone(),
-                        line: reader.lines + 1,
+                        entry: reader.entries + 1,
                         offset,
                         source: error,
                     };
                     self.current = None;
                     return Some(Err(e));
                 }
+                Err(SegmentEnd::Malformed(e)) => {
+                    self.current = None;
+                    return Some(Err(e));
+                }
             };
-            let parsed = super::segment::parse_line(&reader.path, reader.lines, &line);
+            let parsed = super::segment::parse_entry(&reader.path, reader.entries, &body);
             return Some(parsed.map(|e| Stored {
                 shard: *shard,
                 index: e.index,
                 path: reader.path.clone(),
-                line: reader.lines,
+                entry: reader.entries,
                 written_ms: e.written_ms,
                 root: e.root,
                 episode: e.episode,
@@ -124,7 +130,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         write(&config(dir.path()), vec![eps[3].clone(), eps[2].clone()]);
         let found = find(dir.path(), "x").unwrap();
-        let at: Vec<(u32, u64, u64)> = found.iter().map(|s| (s.shard, s.index, s.line)).collect();
+        let at: Vec<(u32, u64, u64)> = found.iter().map(|s| (s.shard, s.index, s.entry)).collect();
         assert_eq!(at, [(0, 1, 2), (1, 0, 1), (1, 2, 2)], "{found:?}");
         assert!(found[1].written_ms < found[2].written_ms);
         assert_eq!(found[2].path.file_name().unwrap(), "seg-000000000001.xz");

@@ -1,6 +1,6 @@
 //! Segment files: their names, the xz writer that appends episodes and ends a block per commit,
-//! the reader that decodes lines up to a torn tail or a decode error, and the line and
-//! checkpoint formats.
+//! the reader that decodes entries up to a torn tail or a decode error, and the entry (frame)
+//! and checkpoint formats.
 //! No policy: when to roll, what to delete and what counts as a break belong to the callers.
 
 use std::fs::{self, File};
@@ -64,8 +64,8 @@ pub(crate) struct SegmentWriter {
     out: Vec<u8>,
     /// File length after the last complete episode: where a failed append cuts back to.
     good_len: u64,
-    /// Bytes of JSON appended, for rolling.
-    pub(crate) json_bytes: u64,
+    /// Bytes of content (entries, before compression) appended, for rolling.
+    pub(crate) content_bytes: u64,
 }
 
 impl SegmentWriter {
@@ -87,19 +87,19 @@ impl SegmentWriter {
             xz,
             out: Vec::with_capacity(64 << 10),
             good_len: 0,
-            json_bytes: 0,
+            content_bytes: 0,
         })
     }
 
-    /// Compresses `line` into the current block; nothing reaches the file before
-    /// [`SegmentWriter::commit`].
-    pub(crate) fn push(&mut self, line: &[u8]) -> io::Result<()> {
-        code(&mut self.xz, line, &mut self.out, Action::Run)?;
-        self.json_bytes += line.len() as u64;
+    /// Compresses `entry` (an [`encode_entry`] frame) into the current block; nothing reaches
+    /// the file before [`SegmentWriter::commit`].
+    pub(crate) fn push(&mut self, entry: &[u8]) -> io::Result<()> {
+        code(&mut self.xz, entry, &mut self.out, Action::Run)?;
+        self.content_bytes += entry.len() as u64;
         Ok(())
     }
 
-    /// Ends the block holding the lines pushed since the last commit and writes it to the
+    /// Ends the block holding the entries pushed since the last commit and writes it to the
     /// file; returns the compressed bytes written. Ending a block resets the encoder's match
     /// finder, so the cost is per commit, not per episode: the writer commits a group.
     pub(crate) fn commit(&mut self, fsync: bool) -> io::Result<u64> {
@@ -114,10 +114,10 @@ impl SegmentWriter {
         Ok(n)
     }
 
-    /// [`SegmentWriter::push`] and [`SegmentWriter::commit`] of one line.
+    /// [`SegmentWriter::push`] and [`SegmentWriter::commit`] of one entry.
     #[cfg(test)]
-    pub(crate) fn append(&mut self, line: &[u8], fsync: bool) -> io::Result<u64> {
-        self.push(line)?;
+    pub(crate) fn append(&mut self, entry: &[u8], fsync: bool) -> io::Result<u64> {
+        self.push(entry)?;
         self.commit(fsync)
     }
 
@@ -161,21 +161,35 @@ fn code(xz: &mut Stream, mut input: &[u8], out: &mut Vec<u8>, action: Action) ->
 /// How a segment's content ended.
 #[derive(Debug)]
 pub(crate) enum SegmentEnd {
-    /// The xz stream ended properly.
+    /// The xz stream ended properly, after a complete entry.
     Finished,
     /// The file ends inside the stream (writer killed or still writing); `partial_bytes` of an
-    /// incomplete line were decoded.
+    /// incomplete entry (its length prefix included) were decoded.
     Torn { partial_bytes: usize },
     /// Decoding failed at compressed byte `offset`.
     Corrupt { offset: u64, error: io::Error },
+    /// The content is not a sequence of frames ([`ArchiveError::Malformed`] naming the entry):
+    /// the stream ends properly inside an entry, or a length prefix is out of bounds. Nothing
+    /// after it can be read.
+    Malformed(ArchiveError),
 }
 
-/// Reads a segment's lines.
+/// Bytes of an entry body before the canonical episode: index, written_ms, prev, hash, root.
+pub(crate) const ENTRY_HEADER: usize = 8 + 8 + 3 * 64;
+
+/// The longest entry body a reader accepts; a longer length prefix is malformed content, not
+/// an allocation (an episode of a whole batch is far below this).
+pub(crate) const MAX_ENTRY_BYTES: u32 = 256 << 20;
+
+/// Reads a segment's entries.
 pub(crate) struct SegmentReader {
     pub(crate) path: PathBuf,
     inner: BufReader<Decoder>,
-    /// Complete lines returned so far: the 1-based number of the last one.
-    pub(crate) lines: u64,
+    /// Complete entries returned so far: the 1-based number of the last one.
+    pub(crate) entries: u64,
+    /// A malformed frame was met: where the next one starts is unknown, so nothing more is
+    /// read.
+    broken: bool,
 }
 
 impl SegmentReader {
@@ -192,34 +206,79 @@ impl SegmentReader {
         Ok(SegmentReader {
             path: path.to_path_buf(),
             inner: BufReader::with_capacity(64 << 10, decoder),
-            lines: 0,
+            entries: 0,
+            broken: false,
         })
     }
 
-    /// The next line, or how the segment ended. A last line without a newline in a finished
-    /// stream is returned as a line (it is complete; parsing judges it).
-    pub(crate) fn next_line(&mut self) -> Result<Vec<u8>, SegmentEnd> {
-        let mut line = Vec::new();
-        match self.inner.read_until(b'\n', &mut line) {
-            Ok(0) => Err(SegmentEnd::Finished),
-            Ok(_) => {
-                self.lines += 1;
-                Ok(line)
+    /// The body of the next entry (its frame without the length prefix), or how the segment
+    /// ended. After [`SegmentEnd::Malformed`] it reports [`SegmentEnd::Finished`].
+    pub(crate) fn next_frame(&mut self) -> Result<Vec<u8>, SegmentEnd> {
+        if self.broken {
+            return Err(SegmentEnd::Finished);
+        }
+        let mut prefix = [0u8; 4];
+        let mut got = 0;
+        while got < prefix.len() {
+            match self.inner.read(&mut prefix[got..]) {
+                Ok(0) if got == 0 => return Err(SegmentEnd::Finished),
+                Ok(0) => return Err(self.cut(got)),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.failed(e, got)),
             }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(SegmentEnd::Torn {
-                partial_bytes: line.len(),
-            }),
-            Err(error) => Err(SegmentEnd::Corrupt {
-                offset: self.inner.get_ref().xz.total_in(),
-                error,
-            }),
+        }
+        let len = u32::from_le_bytes(prefix);
+        if len > MAX_ENTRY_BYTES {
+            let found = format!("a length prefix of {len} bytes (more than {MAX_ENTRY_BYTES})");
+            return Err(SegmentEnd::Malformed(self.malformed(found)));
+        }
+        let mut body = Vec::with_capacity((len as usize).min(1 << 20));
+        match (&mut self.inner).take(u64::from(len)).read_to_end(&mut body) {
+            Ok(n) if n == len as usize => {
+                self.entries += 1;
+                Ok(body)
+            }
+            Ok(n) => Err(self.cut(4 + n)),
+            Err(e) => Err(self.failed(e, 4 + body.len())),
         }
     }
 
-    /// The next line parsed, `None` at the end of the segment, whatever the end.
+    /// The end for a read error after `partial_bytes` of an entry.
+    fn failed(&self, error: io::Error, partial_bytes: usize) -> SegmentEnd {
+        match error.kind() {
+            io::ErrorKind::UnexpectedEof => SegmentEnd::Torn { partial_bytes },
+            _ => SegmentEnd::Corrupt {
+                offset: self.inner.get_ref().xz.total_in(),
+                error,
+            },
+        }
+    }
+
+    /// The end for a stream that ended properly after `partial_bytes` of an entry.
+    fn cut(&mut self, partial_bytes: usize) -> SegmentEnd {
+        let found = format!("the end of the xz stream after {partial_bytes} bytes of it");
+        SegmentEnd::Malformed(self.malformed(found))
+    }
+
+    /// The next entry is malformed: it is not there as a frame.
+    fn malformed(&mut self, found: String) -> ArchiveError {
+        self.broken = true;
+        ArchiveError::Malformed {
+            path: self.path.clone(),
+            entry: self.entries + 1,
+            found,
+        }
+    }
+
+    /// The next entry parsed, `None` at the end of the segment (finished, torn or corrupt). A
+    /// malformed frame is the last item; an entry whose body does not parse is not.
     pub(crate) fn next_entry(&mut self) -> Option<Result<Entry, ArchiveError>> {
-        let line = self.next_line().ok()?;
-        Some(parse_line(&self.path, self.lines, &line))
+        match self.next_frame() {
+            Ok(body) => Some(parse_entry(&self.path, self.entries, &body)),
+            Err(SegmentEnd::Malformed(e)) => Some(Err(e)),
+            Err(_) => None,
+        }
     }
 }
 
@@ -281,7 +340,7 @@ impl Read for Decoder {
     }
 }
 
-/// One parsed line of a segment.
+/// One parsed entry of a segment.
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) index: u64,
@@ -292,8 +351,9 @@ pub(crate) struct Entry {
     pub(crate) episode: Episode,
 }
 
-/// A line as written; `episode` must be the episode's canonical JSON.
-pub(crate) fn encode_line(
+/// An entry as written, a frame: the body's length (u32 LE), then the body: index u64 LE,
+/// written_ms u64 LE, prev, hash and root (64 bytes each), the episode's canonical bytes.
+pub(crate) fn encode_entry(
     index: u64,
     written_ms: u64,
     prev: &Digest64,
@@ -301,49 +361,50 @@ pub(crate) fn encode_line(
     root: &Digest64,
     episode: &[u8],
 ) -> Vec<u8> {
-    let mut line = Vec::with_capacity(episode.len() + 480);
-    write!(
-        line,
-        r#"{{"index":{index},"written_ms":{written_ms},"prev":"{}","hash":"{}","root":"{}","episode":"#,
-        hex::encode(prev),
-        hex::encode(hash),
-        hex::encode(root),
-    )
-    .expect("writing to a Vec");
-    line.extend_from_slice(episode);
-    line.extend_from_slice(b"}\n");
-    line
+    let len = ENTRY_HEADER + episode.len();
+    let mut frame = Vec::with_capacity(4 + len);
+    let len = u32::try_from(len).ok().filter(|&l| l <= MAX_ENTRY_BYTES);
+    frame.extend_from_slice(&len.expect("episodes are far below MAX_ENTRY_BYTES").to_le_bytes());
+    frame.extend_from_slice(&index.to_le_bytes());
+    frame.extend_from_slice(&written_ms.to_le_bytes());
+    for d in [prev, hash, root] {
+        frame.extend_from_slice(d);
+    }
+    frame.extend_from_slice(episode);
+    frame
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    index: u64,
-    written_ms: u64,
-    prev: String,
-    hash: String,
-    root: String,
-    episode: Episode,
+/// The canonical episode bytes of an entry body (empty if the body is too short to hold any).
+pub(crate) fn episode_bytes(body: &[u8]) -> &[u8] {
+    body.get(ENTRY_HEADER..).unwrap_or_default()
 }
 
-/// Parses line `line_no` of the segment at `path`.
-pub(crate) fn parse_line(path: &Path, line_no: u64, bytes: &[u8]) -> Result<Entry, ArchiveError> {
+/// Parses the body of entry `entry_no` of the segment at `path`.
+pub(crate) fn parse_entry(path: &Path, entry_no: u64, body: &[u8]) -> Result<Entry, ArchiveError> {
     let malformed = |found: String| ArchiveError::Malformed {
         path: path.to_path_buf(),
-        line: line_no,
+        entry: entry_no,
         found,
     };
-    let l: Line = serde_json::from_slice(bytes).map_err(|e| malformed(format!("invalid JSON ({e})")))?;
-    let digest = |field: &str, s: &str| {
-        digest(s).ok_or_else(|| malformed(format!("\"{field}\" = {s:?}, not 128 hex digits")))
-    };
+    if body.len() < ENTRY_HEADER {
+        let found = format!(
+            "{} bytes, fewer than the {ENTRY_HEADER} of its header",
+            body.len()
+        );
+        return Err(malformed(found));
+    }
+    let (head, episode) = body.split_at(ENTRY_HEADER);
+    let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
+    let digest_at = |at: usize| -> Digest64 { head[at..at + 64].try_into().expect("64 bytes") };
+    let episode = Episode::from_canonical(episode)
+        .map_err(|e| malformed(format!("an episode that does not decode ({e})")))?;
     Ok(Entry {
-        index: l.index,
-        written_ms: l.written_ms,
-        prev: digest("prev", &l.prev)?,
-        hash: digest("hash", &l.hash)?,
-        root: digest("root", &l.root)?,
-        episode: l.episode,
+        index: u64_at(0),
+        written_ms: u64_at(8),
+        prev: digest_at(16),
+        hash: digest_at(80),
+        root: digest_at(144),
+        episode,
     })
 }
 
@@ -421,21 +482,135 @@ mod tests {
     }
 
     #[test]
-    fn a_line_parses_back_to_what_was_written() {
+    fn an_entry_parses_back_to_what_was_written() {
         let ep = episode(1, 2, &["a", "b"]);
         let (prev, hash, root) = ([1u8; 64], ep.content_hash(), [3u8; 64]);
-        let line = encode_line(9, 1234, &prev, &hash, &root, &ep.canonical());
-        let e = parse_line(Path::new("x"), 1, &line).unwrap();
+        let canonical = ep.canonical();
+        let frame = encode_entry(9, 1234, &prev, &hash, &root, &canonical);
+        let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!((len, frame.len()), (ENTRY_HEADER + canonical.len(), 4 + len));
+        assert_eq!(episode_bytes(&frame[4..]), canonical);
+        let e = parse_entry(Path::new("x"), 1, &frame[4..]).unwrap();
         assert_eq!(
             (e.index, e.written_ms, e.prev, e.hash, e.root),
             (9, 1234, prev, hash, root)
         );
         assert_eq!(e.episode, ep);
-        let bad = parse_line(Path::new("x"), 4, b"{\"index\":1}").unwrap_err();
-        assert!(
-            bad.to_string().starts_with("x line 4: expected an episode line"),
-            "{bad}"
+
+        let bad = parse_entry(Path::new("x"), 4, &frame[4..200]).unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "x entry 4: expected an episode entry, found 196 bytes, fewer than the 208 of its header"
         );
+        let bad = parse_entry(Path::new("x"), 5, &frame[4..frame.len() - 1]).unwrap_err();
+        let msg = bad.to_string();
+        assert!(
+            msg.starts_with(
+                "x entry 5: expected an episode entry, found an episode that does not decode (byte "
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("(truncated)"), "{msg}");
+    }
+
+    /// A segment at `path` whose content is `content`, as one finished xz stream.
+    fn segment_of(path: &Path, content: &[u8]) {
+        let mut w = SegmentWriter::create(path.to_path_buf(), 0, false).unwrap();
+        w.append(content, false).unwrap();
+        w.finish(false).unwrap();
+    }
+
+    fn frames(path: &Path) -> (Vec<Entry>, Option<String>) {
+        let mut reader = SegmentReader::open(path).unwrap();
+        let mut entries = Vec::new();
+        while let Some(e) = reader.next_entry() {
+            match e {
+                Ok(e) => entries.push(e),
+                Err(e) => return (entries, Some(e.to_string())),
+            }
+        }
+        (entries, None)
+    }
+
+    #[test]
+    fn frames_read_back_and_bad_framing_is_malformed_at_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        let eps = [episode(0, 0, &["a"]), episode(0, 1, &["b", "c"])];
+        let mut content = Vec::new();
+        for (i, ep) in eps.iter().enumerate() {
+            let c = ep.canonical();
+            content.extend(encode_entry(
+                i as u64,
+                7,
+                &[0; 64],
+                &ep.content_hash(),
+                &[1; 64],
+                &c,
+            ));
+        }
+        segment_of(&path, &content);
+        let (entries, error) = frames(&path);
+        assert_eq!(error, None);
+        let back: Vec<&Episode> = entries.iter().map(|e| &e.episode).collect();
+        assert_eq!(back, eps.iter().collect::<Vec<_>>());
+
+        let p = path.display();
+        // The stream ends inside the second entry's body, then inside its length prefix.
+        for (cut, partial) in [
+            (content.len() - 10, content.len() - 10 - entries_len(&content, 1)),
+            (2, 2),
+        ] {
+            segment_of(&path, &content[..cut]);
+            let (entries, error) = frames(&path);
+            let n = entries.len();
+            let expected = format!(
+                "{p} entry {}: expected an episode entry, found the end of the xz stream after {partial} bytes of it",
+                n + 1
+            );
+            assert_eq!(error, Some(expected), "cut at {cut}");
+        }
+        // A length prefix above the bound is refused, not allocated.
+        let mut huge = content.clone();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&[0; 64]);
+        segment_of(&path, &huge);
+        let (entries, error) = frames(&path);
+        assert_eq!(entries.len(), 2);
+        let expected = format!(
+            "{p} entry 3: expected an episode entry, found a length prefix of 4294967295 bytes (more than 268435456)"
+        );
+        assert_eq!(error, Some(expected));
+        let mut reader = SegmentReader::open(&path).unwrap();
+        while reader.next_entry().is_some_and(|e| e.is_ok()) {}
+        assert!(reader.next_entry().is_none(), "nothing after a malformed frame");
+    }
+
+    /// Bytes of the first `n` frames of `content`.
+    fn entries_len(content: &[u8], n: usize) -> usize {
+        let mut at = 0;
+        for _ in 0..n {
+            at += 4 + u32::from_le_bytes(content[at..at + 4].try_into().unwrap()) as usize;
+        }
+        at
+    }
+
+    #[test]
+    fn a_torn_stream_ends_inside_an_entry_with_its_partial_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        let ep = episode(0, 0, &["a"]);
+        let frame = encode_entry(0, 7, &[0; 64], &ep.content_hash(), &[1; 64], &ep.canonical());
+        let mut w = SegmentWriter::create(path.clone(), 0, false).unwrap();
+        w.append(&frame, false).unwrap();
+        w.append(&frame[..100], false).unwrap(); // no stream end: as if killed
+        let mut reader = SegmentReader::open(&path).unwrap();
+        assert_eq!(reader.next_frame().unwrap(), frame[4..]);
+        assert!(
+            matches!(reader.next_frame(), Err(SegmentEnd::Torn { partial_bytes: 100 })),
+            "torn"
+        );
+        assert_eq!(reader.entries, 1);
     }
 
     #[test]

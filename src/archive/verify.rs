@@ -7,9 +7,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use bizra_dataflows::episode::{chain, Digest64, ROOT_0};
+use sha3::{Digest, Sha3_512};
 
 use super::segment::{
-    list_segments, list_shards, parse_line, read_checkpoint, shard_dir, SegmentEnd, SegmentReader,
+    episode_bytes, list_segments, list_shards, parse_entry, read_checkpoint, shard_dir, SegmentEnd,
+    SegmentReader,
 };
 use super::ArchiveError;
 
@@ -46,8 +48,8 @@ pub struct ShardReport {
 #[derive(Debug)]
 pub struct Break {
     pub path: PathBuf,
-    /// 1-based line of the decompressed segment; 0 for the file itself (its name).
-    pub line: u64,
+    /// 1-based entry of the decompressed segment; 0 for the file itself (its name).
+    pub entry: u64,
     /// The chain index expected at that position.
     pub index: u64,
     pub problem: Problem,
@@ -62,7 +64,7 @@ pub enum Problem {
         offset: u64,
         error: String,
     },
-    /// The line is not an episode line.
+    /// The entry is not an episode entry (its frame, its header or its episode's bytes).
     Malformed(String),
     /// The file name's first index is not where the chain is.
     SegmentStart {
@@ -82,7 +84,7 @@ pub enum Problem {
         found: Digest64,
         expected: Digest64,
     },
-    /// `hash` is not the hash of the stored episode.
+    /// `hash` is not the hash of the stored episode's bytes.
     Hash {
         found: Digest64,
         computed: Digest64,
@@ -149,10 +151,10 @@ fn verify_shard(dir: &Path, shard: u32) -> Result<ShardReport, ArchiveError> {
 
 /// Replays one segment into `report`; the error is the first break.
 fn verify_segment(path: &Path, first: u64, report: &mut ShardReport) -> Result<(), Box<Break>> {
-    let at = |line, index, problem| {
+    let at = |entry, index, problem| {
         Box::new(Break {
             path: path.to_path_buf(),
-            line,
+            entry,
             index,
             problem,
         })
@@ -164,13 +166,13 @@ fn verify_segment(path: &Path, first: u64, report: &mut ShardReport) -> Result<(
     let mut reader =
         SegmentReader::open(path).map_err(|e| at(0, first, Problem::Unreadable(e.to_string())))?;
     loop {
-        let line = match reader.next_line() {
-            Ok(line) => line,
+        let body = match reader.next_frame() {
+            Ok(body) => body,
             Err(SegmentEnd::Finished) => return Ok(()),
             Err(SegmentEnd::Torn { partial_bytes }) => {
                 report.warnings.push(Warning::Torn {
                     path: path.to_path_buf(),
-                    complete: reader.lines,
+                    complete: reader.entries,
                     partial_bytes,
                 });
                 return Ok(());
@@ -178,15 +180,21 @@ fn verify_segment(path: &Path, first: u64, report: &mut ShardReport) -> Result<(
             Err(SegmentEnd::Corrupt { offset, error }) => {
                 let error = error.to_string();
                 return Err(at(
-                    reader.lines + 1,
+                    reader.entries + 1,
                     report.next_index,
                     Problem::Decode { offset, error },
                 ));
             }
+            Err(SegmentEnd::Malformed(e)) => {
+                let problem = Problem::Malformed(e.to_string());
+                return Err(at(reader.entries + 1, report.next_index, problem));
+            }
         };
-        let (n, index) = (reader.lines, report.next_index);
-        let e = parse_line(path, n, &line).map_err(|e| at(n, index, Problem::Malformed(e.to_string())))?;
-        let computed = e.episode.content_hash();
+        let (n, index) = (reader.entries, report.next_index);
+        let e = parse_entry(path, n, &body).map_err(|e| at(n, index, Problem::Malformed(e.to_string())))?;
+        // The hash of the bytes as stored: the canonical form is one-to-one, so they are the
+        // canonical bytes of the episode that decoded from them.
+        let computed: Digest64 = Sha3_512::digest(episode_bytes(&body)).into();
         let root = chain(&report.root, &computed);
         let problem = if e.index != index {
             Some(Problem::Index {
@@ -290,11 +298,11 @@ impl fmt::Display for Problem {
 impl fmt::Display for Break {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let path = self.path.display();
-        match self.line {
+        match self.entry {
             0 => write!(f, "{path} (episode index {}): {}", self.index, self.problem),
-            line => write!(
+            entry => write!(
                 f,
-                "{path} line {line} (episode index {}): {}",
+                "{path} entry {entry} (episode index {}): {}",
                 self.index, self.problem
             ),
         }
@@ -350,13 +358,13 @@ impl fmt::Display for VerifyReport {
 #[cfg(test)]
 mod tests {
     use std::fs;
-    use std::io::{BufRead, Read};
+    use std::io::Read;
 
     use bizra_dataflows::episode::Episode;
     use xz2::read::{XzDecoder, XzEncoder};
 
     use super::*;
-    use crate::archive::segment::segment_path;
+    use crate::archive::segment::{encode_entry, segment_path, ENTRY_HEADER};
     use crate::archive::test_util::{config, episode, episodes, write};
     use crate::archive::ArchiveConfig;
 
@@ -380,19 +388,67 @@ mod tests {
         shard.broken.expect("a break")
     }
 
-    /// Rewrites the second segment's content through `edit`, as a valid xz stream.
-    fn rewrite(dir: &Path, edit: impl FnOnce(&mut Vec<String>)) {
-        let mut text = String::new();
+    /// The complete frames at the start of `content`, each whole (length prefix included).
+    fn split_frames(content: &[u8]) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut rest = content;
+        while let Some(len) = rest.get(..4) {
+            let len = 4 + u32::from_le_bytes(len.try_into().unwrap()) as usize;
+            let Some(frame) = rest.get(..len) else { break };
+            frames.push(frame.to_vec());
+            rest = &rest[len..];
+        }
+        frames
+    }
+
+    /// Rewrites the second segment's content through `edit` of its frames, as a valid xz
+    /// stream.
+    fn rewrite(dir: &Path, edit: impl FnOnce(&mut Vec<Vec<u8>>)) {
+        let mut content = Vec::new();
         XzDecoder::new(fs::File::open(second(dir)).unwrap())
-            .read_to_string(&mut text)
+            .read_to_end(&mut content)
             .unwrap();
-        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        edit(&mut lines);
+        let mut frames = split_frames(&content);
+        assert_eq!(frames.concat(), content, "the segment is whole frames");
+        edit(&mut frames);
         let mut xz = Vec::new();
-        XzEncoder::new((lines.join("\n") + "\n").as_bytes(), 0)
+        XzEncoder::new(&frames.concat()[..], 0)
             .read_to_end(&mut xz)
             .unwrap();
         fs::write(second(dir), xz).unwrap();
+    }
+
+    /// A frame's header fields and episode, to edit.
+    struct Decoded {
+        index: u64,
+        written_ms: u64,
+        prev: Digest64,
+        hash: Digest64,
+        root: Digest64,
+        episode: Episode,
+    }
+
+    fn decode(frame: &[u8]) -> Decoded {
+        let e = parse_entry(Path::new("test"), 1, &frame[4..]).unwrap();
+        Decoded {
+            index: e.index,
+            written_ms: e.written_ms,
+            prev: e.prev,
+            hash: e.hash,
+            root: e.root,
+            episode: e.episode,
+        }
+    }
+
+    fn encode(d: &Decoded) -> Vec<u8> {
+        encode_entry(
+            d.index,
+            d.written_ms,
+            &d.prev,
+            &d.hash,
+            &d.root,
+            &d.episode.canonical(),
+        )
     }
 
     #[test]
@@ -408,16 +464,25 @@ mod tests {
         assert!(text.trim_end().ends_with(": ok"), "{text}");
     }
 
-    /// Complete lines that the prefix `xz` of a segment decodes to.
-    fn complete_lines(xz: &[u8]) -> usize {
-        let mut reader = std::io::BufReader::new(XzDecoder::new(xz));
-        let mut line = Vec::new();
-        let mut n = 0;
-        while matches!(reader.read_until(b'\n', &mut line), Ok(k) if k > 0) && line.ends_with(b"\n") {
-            n += 1;
-            line.clear();
-        }
-        n
+    #[test]
+    fn decoding_and_reencoding_the_frames_gives_the_same_segment_content() {
+        let dir = archive();
+        let mut content = Vec::new();
+        XzDecoder::new(fs::File::open(second(dir.path())).unwrap())
+            .read_to_end(&mut content)
+            .unwrap();
+        let frames = split_frames(&content);
+        assert_eq!(frames.len(), 5);
+        let again: Vec<Vec<u8>> = frames.iter().map(|f| encode(&decode(f))).collect();
+        assert_eq!(again, frames);
+    }
+
+    /// Complete entries that the prefix `xz` of a segment decodes to.
+    fn complete_entries(xz: &[u8]) -> usize {
+        let mut content = Vec::new();
+        // What decoded before the end of a cut stream is kept in `content`.
+        let _ = XzDecoder::new(xz).read_to_end(&mut content);
+        split_frames(&content).len()
     }
 
     #[test]
@@ -425,13 +490,13 @@ mod tests {
         let dir = archive();
         let mut bytes = fs::read(second(dir.path())).unwrap();
         let lens: Vec<usize> = (0..=bytes.len()).collect();
-        let shortest = |n| lens.partition_point(|&len| complete_lines(&bytes[..len]) < n);
+        let shortest = |n| lens.partition_point(|&len| complete_entries(&bytes[..len]) < n);
         let inside_third = (shortest(2) + shortest(3)) / 2;
         bytes[inside_third] ^= 0x55;
         fs::write(second(dir.path()), &bytes).unwrap();
         let b = broken(dir.path());
         assert_eq!(
-            (b.path.clone(), b.line, b.index),
+            (b.path.clone(), b.entry, b.index),
             (second(dir.path()), 3, 7),
             "{b}"
         );
@@ -440,50 +505,66 @@ mod tests {
             !matches!(b.problem, Problem::SegmentStart { .. } | Problem::Unreadable(_)),
             "{b}"
         );
-        let prefix = format!("{} line 3 (episode index 7): ", second(dir.path()).display());
+        let prefix = format!("{} entry 3 (episode index 7): ", second(dir.path()).display());
         assert!(b.to_string().starts_with(&prefix), "{b}");
     }
 
     #[test]
-    fn a_flipped_byte_in_the_xz_header_is_a_decode_break_at_line_1() {
+    fn a_flipped_byte_in_the_xz_header_is_a_decode_break_at_entry_1() {
         let dir = archive();
         let mut bytes = fs::read(second(dir.path())).unwrap();
         bytes[8] ^= 1; // stream flags CRC32
         fs::write(second(dir.path()), &bytes).unwrap();
         let b = broken(dir.path());
         assert!(matches!(b.problem, Problem::Decode { .. }), "{b}");
-        assert_eq!((b.line, b.index), (1, 5), "{b}");
+        assert_eq!((b.entry, b.index), (1, 5), "{b}");
     }
 
     #[test]
-    fn an_edited_episode_is_a_hash_break_at_its_line() {
+    fn an_edited_episode_is_a_hash_break_at_its_entry() {
         let dir = archive();
-        rewrite(dir.path(), |lines| {
-            lines[2] = lines[2].replace("Note: 1 minor", "Note: 2 minor")
+        rewrite(dir.path(), |frames| {
+            let mut d = decode(&frames[2]);
+            let c = &mut d.episode.conditions[0];
+            assert!(c.contains("Note: 1 minor"), "{c}");
+            *c = c.replace("Note: 1 minor", "Note: 2 minor");
+            frames[2] = encode(&d);
         });
         let b = broken(dir.path());
-        assert_eq!((b.line, b.index), (3, 7), "{b}");
+        assert_eq!((b.entry, b.index), (3, 7), "{b}");
+        assert!(matches!(b.problem, Problem::Hash { .. }), "{b}");
+    }
+
+    #[test]
+    fn an_edited_byte_of_a_stored_episode_is_a_hash_break_at_its_entry() {
+        let dir = archive();
+        rewrite(dir.path(), |frames| {
+            // The last byte of the first record's id, `0-6-0`: still a valid episode. Its
+            // bytes: 66 of header fields, the condition count (1) and text, the record count.
+            let f = &mut frames[1];
+            let text = 4 + ENTRY_HEADER + 66 + 1;
+            let id = text + 1 + usize::from(f[text]) + 1;
+            assert_eq!(&f[id..id + 6], b"\x050-6-0");
+            f[id + 5] = b'9';
+        });
+        let b = broken(dir.path());
+        assert_eq!((b.entry, b.index), (2, 6), "{b}");
         assert!(matches!(b.problem, Problem::Hash { .. }), "{b}");
     }
 
     #[test]
     fn an_episode_rehashed_after_editing_breaks_the_next_link() {
         let dir = archive();
-        rewrite(dir.path(), |lines| {
-            let mut v: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
-            let mut ep: Episode = serde_json::from_value(v["episode"].take()).unwrap();
-            ep.records[0].value = 0.9;
-            let prev: Vec<u8> = hex::decode(v["prev"].as_str().unwrap()).unwrap();
-            let hash = ep.content_hash();
-            let root = chain(&prev.try_into().unwrap(), &hash);
-            v["hash"] = hex::encode(hash).into();
-            v["root"] = hex::encode(root).into();
-            v["episode"] = serde_json::to_value(&ep).unwrap();
-            lines[1] = v.to_string();
+        rewrite(dir.path(), |frames| {
+            let mut d = decode(&frames[1]);
+            d.episode.records[0].value = 0.9;
+            d.hash = d.episode.content_hash();
+            d.root = chain(&d.prev, &d.hash);
+            frames[1] = encode(&d);
         });
         let b = broken(dir.path());
         // The edited record no longer rebuilds the signed Merkle root, before the chain notices.
-        assert_eq!((b.line, b.index), (2, 6), "{b}");
+        assert_eq!((b.entry, b.index), (2, 6), "{b}");
         assert!(matches!(b.problem, Problem::MerkleRoot), "{b}");
     }
 
@@ -494,7 +575,7 @@ mod tests {
         bytes.extend_from_slice(b"junk");
         fs::write(second(dir.path()), &bytes).unwrap();
         let b = broken(dir.path());
-        assert_eq!((b.line, b.index), (6, 10), "{b}");
+        assert_eq!((b.entry, b.index), (6, 10), "{b}");
         assert!(
             b.to_string().contains("4+ bytes after the end of the xz stream"),
             "{b}"
@@ -504,12 +585,48 @@ mod tests {
     #[test]
     fn a_removed_episode_breaks_index_continuity() {
         let dir = archive();
-        rewrite(dir.path(), |lines| {
-            lines.remove(1);
+        rewrite(dir.path(), |frames| {
+            frames.remove(1);
         });
         let b = broken(dir.path());
-        assert_eq!((b.line, b.index), (2, 6), "{b}");
+        assert_eq!((b.entry, b.index), (2, 6), "{b}");
         assert!(matches!(b.problem, Problem::Index { found: 7, .. }), "{b}");
+    }
+
+    #[test]
+    fn a_frame_that_does_not_hold_an_episode_is_a_malformed_break_at_its_entry() {
+        for (case, edit) in [
+            ("short body", 0usize),
+            ("episode cut", 1),
+            ("stream ends inside", 2),
+            ("huge length", 3),
+        ] {
+            let dir = archive();
+            rewrite(dir.path(), |frames| {
+                let f = &mut frames[3];
+                match edit {
+                    0 => *f = [&100u32.to_le_bytes()[..], &f[4..104]].concat(),
+                    1 => {
+                        let len = (f.len() - 4 - 1) as u32;
+                        *f = [&len.to_le_bytes()[..], &f[4..f.len() - 1]].concat();
+                    }
+                    2 => {
+                        f.truncate(f.len() - 1);
+                        frames.truncate(4);
+                    }
+                    _ => f[..4].copy_from_slice(&u32::MAX.to_le_bytes()),
+                }
+            });
+            let b = broken(dir.path());
+            assert_eq!((b.entry, b.index), (4, 8), "{case}: {b}");
+            assert!(matches!(b.problem, Problem::Malformed(_)), "{case}: {b}");
+            let prefix = format!(
+                "{} entry 4 (episode index 8): {} entry 4: expected an episode entry, found ",
+                second(dir.path()).display(),
+                second(dir.path()).display()
+            );
+            assert!(b.to_string().starts_with(&prefix), "{case}: {b}");
+        }
     }
 
     #[test]
@@ -524,7 +641,7 @@ mod tests {
         let report = verify(dir.path()).unwrap();
         let b = report.shards[0].broken.as_ref().unwrap();
         assert_eq!(
-            (b.path.clone(), b.line, b.index),
+            (b.path.clone(), b.entry, b.index),
             (segment_path(dir.path(), 2, 2), 0, 1)
         );
         assert!(
@@ -542,7 +659,7 @@ mod tests {
         let report = verify(dir.path()).unwrap();
         let b = report.shards[0].broken.as_ref().unwrap();
         assert!(
-            matches!(b.problem, Problem::MerkleRoot) && b.line == 1,
+            matches!(b.problem, Problem::MerkleRoot) && b.entry == 1,
             "{report}"
         );
     }

@@ -19,7 +19,8 @@ use sha3::{Digest, Sha3_512};
 
 use super::retention;
 use super::segment::{
-    encode_line, list_segments, read_checkpoint, segment_path, shard_dir, SegmentReader, SegmentWriter,
+    encode_entry, list_segments, read_checkpoint, segment_path, shard_dir, SegmentReader, SegmentWriter,
+    ENTRY_HEADER, MAX_ENTRY_BYTES,
 };
 use super::{ArchiveConfig, ArchiveError};
 
@@ -34,9 +35,9 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 pub struct ArchiveStats {
     /// Episodes written and acknowledged.
     pub episodes: AtomicU64,
-    /// JSON bytes appended (before compression).
-    pub json_bytes: AtomicU64,
-    /// Compressed bytes written to segment files; `json_bytes / xz_bytes` is the ratio.
+    /// Content bytes appended: the entries, before compression.
+    pub content_bytes: AtomicU64,
+    /// Compressed bytes written to segment files; `content_bytes / xz_bytes` is the ratio.
     pub xz_bytes: AtomicU64,
     /// Failed writes, segment finishes and retention passes (each is also logged).
     pub errors: AtomicU64,
@@ -336,7 +337,7 @@ impl ArchiveWriter {
             Ok(xz_bytes) => {
                 self.stats.xz_bytes.fetch_add(xz_bytes, Ordering::Relaxed);
                 shard.committed = (shard.next_index, shard.root);
-                if segment.json_bytes >= self.cfg.segment_bytes {
+                if segment.content_bytes >= self.cfg.segment_bytes {
                     let full = shard.segment.take().expect("the segment just committed");
                     self.finish(full);
                     self.retain();
@@ -354,7 +355,11 @@ impl ArchiveWriter {
     /// file); returns its index.
     fn stage(&mut self, episode: &Episode) -> Result<u64, ArchiveError> {
         let segment_bytes = self.cfg.segment_bytes;
-        let full = |s: &Shard| s.segment.as_ref().is_some_and(|g| g.json_bytes >= segment_bytes);
+        let full = |s: &Shard| {
+            s.segment
+                .as_ref()
+                .is_some_and(|g| g.content_bytes >= segment_bytes)
+        };
         if self.shards.get(&episode.shard).is_some_and(full) {
             self.commit(episode.shard);
         }
@@ -368,14 +373,26 @@ impl ArchiveWriter {
             }
         };
         let canonical = episode.canonical();
+        if canonical.len() + ENTRY_HEADER > MAX_ENTRY_BYTES as usize {
+            // Readers refuse such an entry; nothing was pushed, the chain is unchanged.
+            let source = std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "an episode of {} bytes, more than an entry may hold ({MAX_ENTRY_BYTES})",
+                    canonical.len()
+                ),
+            );
+            let (path, what) = (segment.path.clone(), "append episode");
+            return Err(ArchiveError::Io { path, what, source });
+        }
         let hash: Digest64 = Sha3_512::digest(&canonical).into();
         let root = chain(&shard.root, &hash);
-        let line = encode_line(shard.next_index, wall_ms(), &shard.root, &hash, &root, &canonical);
-        match segment.push(&line) {
+        let entry = encode_entry(shard.next_index, wall_ms(), &shard.root, &hash, &root, &canonical);
+        match segment.push(&entry) {
             Ok(()) => {
                 self.stats
-                    .json_bytes
-                    .fetch_add(line.len() as u64, Ordering::Relaxed);
+                    .content_bytes
+                    .fetch_add(entry.len() as u64, Ordering::Relaxed);
             }
             Err(source) => {
                 let segment = shard.segment.take().expect("the segment just pushed to");
@@ -451,7 +468,7 @@ fn recover(shard_dir: &Path) -> Result<Shard, ArchiveError> {
             match entry {
                 Ok(entry) => last = Some(entry),
                 Err(e) => {
-                    tracing::warn!(error = %e, "archive recovery stops at a malformed line");
+                    tracing::warn!(error = %e, "archive recovery stops at a malformed entry");
                     break;
                 }
             }
@@ -566,7 +583,7 @@ mod tests {
             let next = chain(&root, &hash);
             len += w
                 .append(
-                    &encode_line(i as u64, 1, &root, &hash, &next, &ep.canonical()),
+                    &encode_entry(i as u64, 1, &root, &hash, &next, &ep.canonical()),
                     false,
                 )
                 .unwrap();
@@ -686,7 +703,7 @@ mod tests {
         let on_disk = fs::metadata(segment_path(dir.path(), 0, 0)).unwrap().len();
         assert_eq!(stats.episodes.load(Ordering::Relaxed), 5);
         assert_eq!(stats.xz_bytes.load(Ordering::Relaxed), on_disk);
-        assert!(stats.json_bytes.load(Ordering::Relaxed) > on_disk);
+        assert!(stats.content_bytes.load(Ordering::Relaxed) > on_disk);
         assert_eq!(stats.errors.load(Ordering::Relaxed), 0);
     }
 }

@@ -226,3 +226,26 @@ fn a_missing_or_unwritable_data_dir_fails_at_start() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_data_dir_in_use_by_another_process_fails_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Stand in for a running bizra: hold the lock the way it does.
+    let lock = std::fs::File::create(dir.path().join("lock")).unwrap();
+    lock.try_lock().unwrap();
+    let run = || {
+        bizra()
+            .args(["run", "-q", "--gen", "10", "--output", "/dev/null", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("in use by another bizra process"), "{err}");
+    assert!(!dir.path().join("archive").exists(), "nothing written: {err}");
+    drop(lock);
+    let out = run();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -78,6 +78,12 @@ impl ArchiveOutbox {
                 a.activate();
             }
         }
+        if self.failed.is_none() && self.lane.writer_stopped() {
+            self.failed = Some(
+                "an archive writer thread died (see the log above); the episodes it held are not written"
+                    .into(),
+            );
+        }
     }
 }
 
@@ -104,4 +110,20 @@ pub fn archive_sink<'s>(
     outbox: Rc<RefCell<ArchiveOutbox>>,
 ) -> StreamVec<'s, u64, ()> {
     held(stream, "archive-sink", outbox)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_writer_thread_fails_the_outbox_instead_of_stalling_it() {
+        let outbox = ArchiveOutbox::new(Lane::with_dead_writer());
+        let mut o = outbox.borrow_mut();
+        o.push(1, crate::archive::test_util::episode(0, 0, &["a"]));
+        o.pump();
+        let failed = o.failed.clone().expect("the outbox reports the dead writer");
+        assert!(failed.contains("writer thread died"), "{failed}");
+        assert!(o.pending(1), "its tick is not done");
+    }
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryIter, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -64,6 +64,9 @@ pub struct Lane {
     queues: Vec<SyncSender<Job>>,
     ack_tx: Sender<Ack>,
     acks: Receiver<Ack>,
+    /// Set when a writer thread ends. While any lane exists that can only be a panic, after
+    /// which the episodes queued to that thread are never acknowledged.
+    stopped: Arc<AtomicBool>,
 }
 
 impl Lane {
@@ -81,6 +84,35 @@ impl Lane {
     /// The acknowledgements of this lane available now, in write order per writer thread.
     pub fn try_acks(&self) -> TryIter<'_, Ack> {
         self.acks.try_iter()
+    }
+
+    /// True once a writer thread has ended: with this lane still alive, it died (a panic), and
+    /// what it was given will never be acknowledged.
+    pub fn writer_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// A lane whose writer thread is gone, for tests of what its users do then.
+    #[cfg(test)]
+    pub(crate) fn with_dead_writer() -> Lane {
+        let (queue, _) = mpsc::sync_channel(1);
+        let (ack_tx, acks) = mpsc::channel();
+        Lane {
+            queues: vec![queue],
+            ack_tx,
+            acks,
+            stopped: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
+
+/// Marks its writer thread as stopped when dropped: at the end of `run`, or while a panic
+/// unwinds it.
+struct StopGuard(Arc<AtomicBool>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -100,6 +132,7 @@ impl ArchiveHandle {
             queues: self.own().queues.clone(),
             ack_tx,
             acks,
+            stopped: self.own().stopped.clone(),
         }
     }
 
@@ -225,18 +258,28 @@ impl ArchiveWriter {
             writers[shard as usize % cfg.threads].shards.insert(shard, tip);
         }
         let (ack_tx, acks) = mpsc::channel();
+        let stopped = Arc::new(AtomicBool::new(false));
         let (mut queues, mut threads) = (Vec::new(), Vec::new());
         for (i, writer) in writers.into_iter().enumerate() {
             let (tx, rx) = mpsc::sync_channel(cfg.queue_episodes);
+            let guard = StopGuard(stopped.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("bizra-archive-{i}"))
-                .spawn(move || writer.run(rx))
+                .spawn(move || {
+                    let _guard = guard;
+                    writer.run(rx)
+                })
                 .map_err(ArchiveError::io(&cfg.dir, "start archive writer thread"))?;
             queues.push(tx);
             threads.push(thread);
         }
         Ok(ArchiveHandle {
-            lane: Some(Lane { queues, ack_tx, acks }),
+            lane: Some(Lane {
+                queues,
+                ack_tx,
+                acks,
+                stopped,
+            }),
             threads,
             stats,
         })
@@ -640,6 +683,22 @@ mod tests {
             let back: Vec<Episode> = stored(dir.path()).into_iter().map(|s| s.episode).collect();
             assert_eq!(back, eps, "{cut}");
         }
+    }
+
+    #[test]
+    fn a_writer_thread_that_panics_is_seen_as_stopped_by_the_lanes() {
+        let stopped = Arc::new(AtomicBool::new(false));
+        let guard = StopGuard(stopped.clone());
+        let thread = std::thread::spawn(move || {
+            let _guard = guard;
+            panic!("a writer bug");
+        });
+        assert!(thread.join().is_err());
+        assert!(stopped.load(Ordering::Acquire));
+        // A live pool's lanes do not report it.
+        let dir = tempfile::tempdir().unwrap();
+        let handle = ArchiveWriter::spawn(config(dir.path())).unwrap();
+        assert!(!handle.lane().writer_stopped());
     }
 
     #[test]

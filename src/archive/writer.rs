@@ -19,8 +19,8 @@ use sha3::{Digest, Sha3_512};
 
 use super::retention;
 use super::segment::{
-    encode_entry, list_segments, read_checkpoint, segment_path, shard_dir, SegmentReader, SegmentWriter,
-    ENTRY_HEADER, MAX_ENTRY_BYTES,
+    encode_entry, list_segments, parse_entry, read_checkpoint, segment_path, shard_dir, SegmentEnd,
+    SegmentReader, SegmentWriter, ENTRY_HEADER, MAX_ENTRY_BYTES,
 };
 use super::{ArchiveConfig, ArchiveError};
 
@@ -254,7 +254,7 @@ impl ArchiveWriter {
             })
             .collect();
         for shard in super::segment::list_shards(&cfg.dir)? {
-            let tip = recover(&shard_dir(&cfg.dir, shard))?;
+            let tip = recover(&shard_dir(&cfg.dir, shard), &stats)?;
             writers[shard as usize % cfg.threads].shards.insert(shard, tip);
         }
         let (ack_tx, acks) = mpsc::channel();
@@ -503,15 +503,40 @@ fn open_dir(dir: &Path) -> Result<(), ArchiveError> {
 
 /// A shard's tip from its newest segment with a complete episode (normally the newest one),
 /// else from its checkpoint, else the chain's start. A writer never appends to a found segment.
-fn recover(shard_dir: &Path) -> Result<Shard, ArchiveError> {
+/// The tip of a shard: after the last good entry of its newest segment that has one (else its
+/// checkpoint, else the start). A torn tail (kill -9 while writing) is expected; a corrupt or
+/// malformed entry is logged and counted in `stats.errors`, and the chain goes on from the
+/// last good entry (`audit verify` will report the break).
+fn recover(shard_dir: &Path, stats: &ArchiveStats) -> Result<Shard, ArchiveError> {
     for (_, path) in list_segments(shard_dir)?.iter().rev() {
         let mut reader = SegmentReader::open(path)?;
         let mut last = None;
-        while let Some(entry) = reader.next_entry() {
-            match entry {
-                Ok(entry) => last = Some(entry),
-                Err(e) => {
-                    tracing::warn!(error = %e, "archive recovery stops at a malformed entry");
+        let bad = |problem: &dyn std::fmt::Display| {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(segment = %path.display(), %problem, "archive recovery: a damaged segment; the chain goes on from its last good entry");
+        };
+        loop {
+            match reader.next_frame() {
+                Ok(body) => match parse_entry(path, reader.entries, &body) {
+                    Ok(entry) => last = Some(entry),
+                    Err(e) => {
+                        bad(&e);
+                        break;
+                    }
+                },
+                Err(SegmentEnd::Finished) => break,
+                Err(SegmentEnd::Torn { partial_bytes }) => {
+                    tracing::info!(segment = %path.display(), partial_bytes, "archive recovery: torn tail (the writer stopped mid-entry)");
+                    break;
+                }
+                Err(SegmentEnd::Corrupt { offset, error }) => {
+                    bad(&format_args!(
+                        "xz decoding failed at compressed byte {offset}: {error}"
+                    ));
+                    break;
+                }
+                Err(SegmentEnd::Malformed(e)) => {
+                    bad(&e);
                     break;
                 }
             }
@@ -615,6 +640,40 @@ mod tests {
         let segments = list_segments(&shard_dir(dir.path(), 3)).unwrap();
         assert_eq!(segments.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 4]);
         assert!(verify(dir.path()).unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_corrupt_newest_segment_is_counted_and_the_chain_goes_on_from_its_last_good_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let eps = episodes(0, 12);
+        write(&cfg, eps[..10].to_vec());
+        let seg = segment_path(dir.path(), 0, 0);
+        let mut bytes = fs::read(&seg).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x55;
+        fs::write(&seg, &bytes).unwrap();
+
+        let handle = ArchiveWriter::spawn(cfg.clone()).unwrap();
+        assert_eq!(handle.stats().errors.load(Ordering::Relaxed), 1);
+        let mut good = 0;
+        let mut reader = SegmentReader::open(&seg).unwrap();
+        while let Some(Ok(_)) = reader.next_entry() {
+            good += 1;
+        }
+        assert!(good < 10, "the flipped byte damaged some entry");
+        for (ticket, ep) in eps[10..].iter().enumerate() {
+            handle.try_submit(ep.clone(), ticket as u64).unwrap();
+        }
+        let acks = handle.close();
+        let indexes: Vec<u64> = acks.into_iter().map(|a| a.result.unwrap()).collect();
+        assert_eq!(
+            indexes,
+            [good, good + 1],
+            "the chain continues after the last good entry"
+        );
+        let report = verify(dir.path()).unwrap();
+        assert!(!report.is_ok(), "verify still reports the damage: {report}");
     }
 
     /// Compressed file length after each episode, from a writer of one segment.

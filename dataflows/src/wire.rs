@@ -75,18 +75,16 @@ pub fn write_verdict(out: &mut Vec<u8>, v: &Verdict) {
     out.extend_from_slice(b",\"disagreement\":");
     float(out, val.disagreement);
     out.extend_from_slice(b",\"signals\":[");
-    for (i, s) in val.signals.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"oracle\":");
-        name(out, s.oracle.as_str());
-        out.extend_from_slice(b",\"value\":");
-        float(out, s.value);
-        out.extend_from_slice(b",\"confidence\":");
-        float(out, s.confidence);
-        out.push(b'}');
-    }
+    separated(out, &val.signals, |out, s| {
+        scored(
+            out,
+            b"{\"oracle\":",
+            s.oracle.as_str(),
+            b",\"value\":",
+            s.value,
+            s.confidence,
+        )
+    });
 
     let e = &v.ethics;
     out.extend_from_slice(b"]},\"ethics\":{\"overall\":");
@@ -98,25 +96,19 @@ pub fn write_verdict(out: &mut Vec<u8>, v: &Verdict) {
     out.extend_from_slice(b",\"permitted\":");
     boolean(out, e.permitted);
     out.extend_from_slice(b",\"conditions\":[");
-    for (i, c) in e.conditions.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        string(out, c);
-    }
+    separated(out, &e.conditions, |out, c| string(out, c));
     out.extend_from_slice(b"],\"frameworks\":[");
-    for (i, f) in e.frameworks.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"framework\":");
-        name(out, f.framework.as_str());
-        out.extend_from_slice(b",\"score\":");
-        float(out, f.score);
-        out.extend_from_slice(b",\"confidence\":");
-        float(out, f.confidence);
-        out.push(b'}');
-    }
+    separated(out, &e.frameworks, |out, f| {
+        let framework = f.framework.as_str();
+        scored(
+            out,
+            b"{\"framework\":",
+            framework,
+            b",\"score\":",
+            f.score,
+            f.confidence,
+        )
+    });
 
     let s = &v.snr;
     out.extend_from_slice(b"]},\"snr\":{\"score\":");
@@ -145,12 +137,7 @@ pub fn write_verdict(out: &mut Vec<u8>, v: &Verdict) {
             out.extend_from_slice(b",\"root\":");
             string(out, &p.root);
             out.extend_from_slice(b",\"path\":[");
-            for (i, h) in p.path.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                string(out, h);
-            }
+            separated(out, &p.path, |out, h| string(out, h));
             out.extend_from_slice(b"]}");
         }
         None => out.extend_from_slice(b"null"),
@@ -163,6 +150,28 @@ pub fn write_verdict(out: &mut Vec<u8>, v: &Verdict) {
         out.extend_from_slice(b",\"explanation\":");
         string(out, x);
     }
+    out.push(b'}');
+}
+
+/// The items written by `each`, separated by commas.
+fn separated<T>(out: &mut Vec<u8>, items: &[T], mut each: impl FnMut(&mut Vec<u8>, &T)) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        each(out, item);
+    }
+}
+
+/// An oracle signal or a framework score: `{"<kind>":name,"<score>":x,"confidence":c}`, where
+/// `kind` and `score` are given with their punctuation.
+fn scored(out: &mut Vec<u8>, kind: &[u8], label: &'static str, score: &[u8], x: f64, confidence: f64) {
+    out.extend_from_slice(kind);
+    name(out, label);
+    out.extend_from_slice(score);
+    float(out, x);
+    out.extend_from_slice(b",\"confidence\":");
+    float(out, confidence);
     out.push(b'}');
 }
 

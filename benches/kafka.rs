@@ -4,6 +4,7 @@
 //! - `BIZRA_BENCH_N`: observations, default 200000;
 //! - `BIZRA_BENCH_ROUNDS=R`: R rounds of passthrough then bizra on one broker, with medians;
 //! - `BIZRA_BENCH_COMPRESSION`: producer compression for both, default lz4 (as bizra);
+//! - `BIZRA_BENCH_LINGER`: producer `linger.ms` for both, default 5 (as bizra);
 //! - `BIZRA_BENCH_WORKERS`: bizra's workers, default 2;
 //! - `BIZRA_BENCH_LATENCY=0`: skips the latency phase;
 //! - `BIZRA_BENCH_KAFKA`: extra `[kafka]` keys for bizra, `;`-separated;
@@ -64,6 +65,12 @@ fn topic(port: u16, name: &str, partitions: i32) {
 
 /// The producers' compression, for passthrough and bizra alike (`BIZRA_BENCH_COMPRESSION`,
 /// default lz4 as in bizra).
+/// The producers' `linger.ms`, for passthrough and bizra alike (`BIZRA_BENCH_LINGER`,
+/// default 5 as in bizra).
+fn linger() -> String {
+    std::env::var("BIZRA_BENCH_LINGER").unwrap_or_else(|_| "5".into())
+}
+
 fn compression() -> String {
     std::env::var("BIZRA_BENCH_COMPRESSION").unwrap_or_else(|_| "lz4".into())
 }
@@ -73,7 +80,7 @@ fn producer(addr: &str) -> BaseProducer {
         .set("bootstrap.servers", addr)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", linger())
         .set("compression.type", compression())
         .set("queue.buffering.max.messages", "100000")
         .create()
@@ -190,7 +197,7 @@ fn bizra_bin(bin: &std::path::Path, addr: &str, group: &str, input: &str, extra_
     let compression = compression();
     std::fs::write(
         &cfg,
-        format!("[kafka]\ninput_topic = \"{input}\"\n{extra}\n[kafka.producer_options]\n\"compression.type\" = \"{compression}\"\n"),
+        format!("[kafka]\ninput_topic = \"{input}\"\n{extra}\n[kafka.producer_options]\n\"compression.type\" = \"{compression}\"\n\"linger.ms\" = \"{}\"\n", linger()),
     )
     .unwrap();
     Command::new(bin)

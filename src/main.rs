@@ -400,7 +400,8 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .data_dir
         .as_deref()
         .map(|dir| {
-            bizra::data_dir::DataDirLock::acquire(dir).with_context(|| format!("--data-dir {}", dir.display()))
+            bizra::data_dir::DataDirLock::acquire(dir)
+                .with_context(|| format!("--data-dir {}", dir.display()))
         })
         .transpose()?;
     let (archive, recent) = match &a.data_dir {

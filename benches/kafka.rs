@@ -21,9 +21,10 @@
 //! 4. bizra `-w 2` consumes the same topic and produces verdicts; timed from process start
 //!    until its consumer group has committed every input offset (bizra commits an offset only
 //!    when everything produced from it is acknowledged); the verdicts are counted afterwards.
-//! 5. Latency: a fresh topic is fed at half of bizra's measured rate while bizra runs; the
-//!    latency of each verdict is its Kafka timestamp (set when produced; acks follow within
-//!    `linger.ms`) minus its input's timestamp, recorded in an HDR histogram.
+//! 5. Latency: a fresh topic is fed at half of bizra's measured (median) rate for 20 s while
+//!    bizra runs, writing its verdicts to a topic of their own; the latency of every verdict
+//!    is its Kafka timestamp (set when produced; acks follow within `linger.ms`) minus its
+//!    input's timestamp, recorded in an HDR histogram.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -182,13 +183,27 @@ fn workers() -> String {
 }
 
 /// This build's bizra, with the extra arguments of `BIZRA_BENCH_ARGS` (split at spaces).
-fn bizra(addr: &str, group: &str, input: &str) -> Child {
+fn bizra(addr: &str, group: &str, input: &str, verdicts: &str) -> Child {
     let extra = std::env::var("BIZRA_BENCH_ARGS").unwrap_or_default();
     let extra: Vec<&str> = extra.split_whitespace().collect();
-    bizra_bin(env!("CARGO_BIN_EXE_bizra").as_ref(), addr, group, input, &extra)
+    bizra_bin(
+        env!("CARGO_BIN_EXE_bizra").as_ref(),
+        addr,
+        group,
+        (input, verdicts),
+        &extra,
+    )
 }
 
-fn bizra_bin(bin: &std::path::Path, addr: &str, group: &str, input: &str, extra_args: &[&str]) -> Child {
+/// bizra `bin` reading `topics.0` and writing its verdicts to `topics.1`.
+fn bizra_bin(
+    bin: &std::path::Path,
+    addr: &str,
+    group: &str,
+    topics: (&str, &str),
+    extra_args: &[&str],
+) -> Child {
+    let (input, verdicts) = topics;
     let cfg = std::env::temp_dir().join(format!("bizra-bench-{group}.toml"));
     // Extra `[kafka]` keys for experiments, e.g. BIZRA_BENCH_KAFKA='max_inflight_ticks = 200'.
     let extra = std::env::var("BIZRA_BENCH_KAFKA")
@@ -197,7 +212,7 @@ fn bizra_bin(bin: &std::path::Path, addr: &str, group: &str, input: &str, extra_
     let compression = compression();
     std::fs::write(
         &cfg,
-        format!("[kafka]\ninput_topic = \"{input}\"\n{extra}\n[kafka.producer_options]\n\"compression.type\" = \"{compression}\"\n\"linger.ms\" = \"{}\"\n", linger()),
+        format!("[kafka]\ninput_topic = \"{input}\"\nverdicts_topic = \"{verdicts}\"\n{extra}\n[kafka.producer_options]\n\"compression.type\" = \"{compression}\"\n\"linger.ms\" = \"{}\"\n", linger()),
     )
     .unwrap();
     Command::new(bin)
@@ -252,6 +267,7 @@ fn main() {
     }
     topic(port, "bench.in", PARTITIONS);
     topic(port, "bench.live", PARTITIONS);
+    topic(port, "bench.live.verdicts", 1);
     for t in [
         "bench.out",
         "bizra.verdicts",
@@ -315,7 +331,10 @@ fn main() {
         for first in [true, false] {
             if let Some(bin) = compare.as_ref().filter(|_| first == (round % 2 == 0)) {
                 let group = format!("bench-compare-{round}");
-                let (rate, took) = timed(bizra_bin(bin, &addr, &group, "bench.in", &[]), &group);
+                let (rate, took) = timed(
+                    bizra_bin(bin, &addr, &group, ("bench.in", "bizra.verdicts"), &[]),
+                    &group,
+                );
                 runs += 1;
                 compare_ratios.push(rate / base_rate);
                 println!(
@@ -327,7 +346,7 @@ fn main() {
             }
             if first {
                 let group = format!("bench-throughput-{round}");
-                let (rate, took) = timed(bizra(&addr, &group, "bench.in"), &group);
+                let (rate, took) = timed(bizra(&addr, &group, "bench.in", "bizra.verdicts"), &group);
                 runs += 1;
                 rates.push(rate);
                 ratios.push(rate / base_rate);
@@ -372,7 +391,9 @@ fn main() {
     // Latency at half the measured rate, for 20 s.
     let live_rate = rate / 2.0;
     let live_n = (live_rate * 20.0) as usize;
-    let run = bizra(&addr, "bench-latency", "bench.live");
+    // Its own verdict topic, read from offset 0: with memory storage a fetch from an offset
+    // inside a record batch returns nothing.
+    let run = bizra(&addr, "bench-latency", "bench.live", "bench.live.verdicts");
     std::thread::sleep(Duration::from_secs(2));
     let start = Instant::now();
     for (i, l) in lines.iter().cycle().take(live_n).enumerate() {
@@ -386,7 +407,12 @@ fn main() {
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(60)).unwrap();
-    verdicts.wait_for(runs * n + live_n, Duration::from_secs(120));
+    let mut live = Counter::new(&addr, "bench.live.verdicts", 0);
+    assert!(
+        live.wait_for(live_n, Duration::from_secs(120)),
+        "bizra produced {} of {live_n} live verdicts",
+        live.seen
+    );
     stop(run);
 
     // Input timestamps by (partition, offset), then each live verdict's latency.
@@ -396,28 +422,31 @@ fn main() {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("bizra.verdicts", 0, Offset::Offset((runs * n) as i64))
+    tpl.add_partition_offset("bench.live.verdicts", 0, Offset::Beginning)
         .unwrap();
     c.assign(&tpl).unwrap();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000, 3).unwrap();
     let mut seen = 0;
-    let live_in = input_times(&addr);
-    while seen < live_n {
-        match c.poll(Duration::from_secs(5)) {
-            Some(Ok(m)) => {
-                seen += 1;
-                let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-                let key = (
-                    v["input"]["partition"].as_i64().unwrap() as i32,
-                    v["input"]["offset"].as_i64().unwrap(),
-                );
-                if let (Some(t_in), Some(t_out)) = (live_in.get(&key), m.timestamp().to_millis()) {
-                    hist.record((t_out - t_in).max(1) as u64).unwrap();
-                }
+    let live_in = input_times(&addr, live_n);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen < live_n && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_secs(1)) {
+            seen += 1;
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let key = (
+                v["input"]["partition"].as_i64().unwrap() as i32,
+                v["input"]["offset"].as_i64().unwrap(),
+            );
+            if let (Some(t_in), Some(t_out)) = (live_in.get(&key), m.timestamp().to_millis()) {
+                hist.record((t_out - t_in).max(1) as u64).unwrap();
             }
-            _ => break,
         }
     }
+    assert_eq!(
+        hist.len() as usize,
+        live_n,
+        "every live verdict has its input's timestamp"
+    );
     println!(
         "latency at {live_rate:.0} obs/s ({} verdicts): p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
         hist.len(),
@@ -426,16 +455,18 @@ fn main() {
         hist.value_at_quantile(0.99),
         hist.max()
     );
+    drop((p, verdicts, live, c));
     let _ = broker.kill();
     let _ = broker.wait();
 }
 
-/// Waits until `group` has committed offsets summing to `n` over the partitions of `topic`.
+/// The median (the upper one for an even count).
 fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
 
+/// Waits until `group` has committed offsets summing to `n` over the partitions of `topic`.
 fn wait_committed(addr: &str, group: &str, topic: &str, n: usize, timeout: Duration) {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
@@ -468,8 +499,8 @@ fn wait_committed(addr: &str, group: &str, topic: &str, n: usize, timeout: Durat
     }
 }
 
-/// Message timestamps of the live input topic.
-fn input_times(addr: &str) -> std::collections::HashMap<(i32, i64), i64> {
+/// The Kafka timestamps of the `n` live inputs, by (partition, offset).
+fn input_times(addr: &str, n: usize) -> std::collections::HashMap<(i32, i64), i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", "bench-input")
@@ -482,10 +513,14 @@ fn input_times(addr: &str) -> std::collections::HashMap<(i32, i64), i64> {
     }
     c.assign(&tpl).unwrap();
     let mut out = std::collections::HashMap::new();
-    while let Some(Ok(m)) = c.poll(Duration::from_secs(3)) {
-        if let Some(t) = m.timestamp().to_millis() {
-            out.insert((m.partition(), m.offset()), t);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while out.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_secs(1)) {
+            if let Some(t) = m.timestamp().to_millis() {
+                out.insert((m.partition(), m.offset()), t);
+            }
         }
     }
+    assert_eq!(out.len(), n, "every live input read back");
     out
 }

@@ -425,7 +425,11 @@ fn main() {
     tpl.add_partition_offset("bench.live.verdicts", 0, Offset::Beginning)
         .unwrap();
     c.assign(&tpl).unwrap();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000, 3).unwrap();
+    let new_hist = || Histogram::<u64>::new_with_bounds(1, 60_000, 3).unwrap();
+    let mut hist = new_hist();
+    // The same, by verification tier and by half of the run, to see where a tail comes from.
+    let mut by_tier = std::collections::BTreeMap::<String, Histogram<u64>>::new();
+    let mut by_half = [new_hist(), new_hist()];
     let mut seen = 0;
     let live_in = input_times(&addr, live_n);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -438,7 +442,12 @@ fn main() {
                 v["input"]["offset"].as_i64().unwrap(),
             );
             if let (Some(t_in), Some(t_out)) = (live_in.get(&key), m.timestamp().to_millis()) {
-                hist.record((t_out - t_in).max(1) as u64).unwrap();
+                let ms = (t_out - t_in).max(1) as u64;
+                hist.record(ms).unwrap();
+                let tier = v["verification"]["tier"].as_str().unwrap_or("?").to_owned();
+                by_tier.entry(tier).or_insert_with(new_hist).record(ms).unwrap();
+                let half = usize::from(seen > live_n / 2);
+                by_half[half].record(ms).unwrap();
             }
         }
     }
@@ -455,6 +464,19 @@ fn main() {
         hist.value_at_quantile(0.99),
         hist.max()
     );
+    let parts = by_tier
+        .iter()
+        .map(|(t, h)| (t.as_str(), h))
+        .chain([("first half", &by_half[0]), ("second half", &by_half[1])]);
+    for (part, h) in parts {
+        println!(
+            "  {part}: {} verdicts, p50 {} ms, p95 {} ms, p99 {} ms",
+            h.len(),
+            h.value_at_quantile(0.50),
+            h.value_at_quantile(0.95),
+            h.value_at_quantile(0.99)
+        );
+    }
     drop((p, verdicts, live, c));
     let _ = broker.kill();
     let _ = broker.wait();

@@ -95,6 +95,10 @@ pub struct ArchiveConfig {
     /// 3 MiB at 0, 32 MiB at 3, 94 MiB at 6 and 674 MiB at 9 (xz(1), "CompMem"). On the former
     /// JSON-lines content, 6 was about 4 times slower than 0 for files about 20 % smaller.
     pub preset: u32,
+    /// xz match-finder depth; 0 leaves the preset's own. 1 (the default) made preset 0 about
+    /// 20 % faster on archive content for 0.5 % more bytes (docs/BENCHMARKS.md); give 0 with a
+    /// higher preset to get all of its compression.
+    pub match_depth: u32,
     /// A segment rolls once this many bytes of content (uncompressed entries) were written to
     /// it; retention deletes whole segments, so this is also its granularity.
     pub segment_bytes: u64,
@@ -119,6 +123,7 @@ impl Default for ArchiveConfig {
         ArchiveConfig {
             dir: PathBuf::from("data/archive"),
             preset: 0,
+            match_depth: 1,
             segment_bytes: 8 << 20,
             retention_bytes: 10 << 30,
             retention_age_ms: 30 * 24 * 3600 * 1000,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use bizra_dataflows::episode::{Digest64, Episode};
 use serde::{Deserialize, Serialize};
-use xz2::stream::{Action, Check, Status, Stream};
+use xz2::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
 
 use super::ArchiveError;
 
@@ -70,7 +70,13 @@ pub(crate) struct SegmentWriter {
 
 impl SegmentWriter {
     /// Creates (or truncates) the segment file at `path`, and its shard directory if missing.
-    pub(crate) fn create(path: PathBuf, preset: u32, fsync: bool) -> Result<SegmentWriter, ArchiveError> {
+    /// The xz match finder's `depth` is the preset's own when 0.
+    pub(crate) fn create(
+        path: PathBuf,
+        preset: u32,
+        depth: u32,
+        fsync: bool,
+    ) -> Result<SegmentWriter, ArchiveError> {
         let dir = path.parent().expect("segment paths have a shard directory");
         fs::create_dir_all(dir).map_err(ArchiveError::io(dir, "create shard directory"))?;
         let file = File::create(&path).map_err(ArchiveError::io(&path, "create segment"))?;
@@ -79,8 +85,8 @@ impl SegmentWriter {
                 .and_then(|d| d.sync_all())
                 .map_err(ArchiveError::io(dir, "sync shard directory"))?;
         }
-        let xz = Stream::new_easy_encoder(preset, Check::Crc64)
-            .map_err(|e| ArchiveError::io(&path, "create xz encoder")(e.into()))?;
+        let xz =
+            encoder(preset, depth).map_err(|e| ArchiveError::io(&path, "create xz encoder")(e.into()))?;
         Ok(SegmentWriter {
             path,
             file,
@@ -136,6 +142,17 @@ impl SegmentWriter {
         }
         Ok(self.out.len() as u64)
     }
+}
+
+/// An xz stream encoder (CRC64 checks) at `preset`, with the match finder's `depth` if not 0.
+fn encoder(preset: u32, depth: u32) -> Result<Stream, xz2::stream::Error> {
+    let mut options = LzmaOptions::new_preset(preset)?;
+    if depth > 0 {
+        options.depth(depth);
+    }
+    let mut filters = Filters::new();
+    filters.lzma2(&options);
+    Stream::new_stream_encoder(&filters, Check::Crc64)
 }
 
 /// Runs `xz` over `input` with `action`: `Run` until the input is taken, a flush or finish
@@ -515,7 +532,7 @@ mod tests {
 
     /// A segment at `path` whose content is `content`, as one finished xz stream.
     fn segment_of(path: &Path, content: &[u8]) {
-        let mut w = SegmentWriter::create(path.to_path_buf(), 0, false).unwrap();
+        let mut w = SegmentWriter::create(path.to_path_buf(), 0, 0, false).unwrap();
         w.append(content, false).unwrap();
         w.finish(false).unwrap();
     }
@@ -601,7 +618,7 @@ mod tests {
         let path = dir.path().join("seg");
         let ep = episode(0, 0, &["a"]);
         let frame = encode_entry(0, 7, &[0; 64], &ep.content_hash(), &[1; 64], &ep.canonical());
-        let mut w = SegmentWriter::create(path.clone(), 0, false).unwrap();
+        let mut w = SegmentWriter::create(path.clone(), 0, 0, false).unwrap();
         w.append(&frame, false).unwrap();
         w.append(&frame[..100], false).unwrap(); // no stream end: as if killed
         let mut reader = SegmentReader::open(&path).unwrap();

@@ -412,7 +412,12 @@ impl ArchiveWriter {
             Some(segment) => segment,
             empty => {
                 let path = segment_path(&cfg.dir, episode.shard, shard.next_index);
-                empty.insert(SegmentWriter::create(path, cfg.preset, cfg.fsync)?)
+                empty.insert(SegmentWriter::create(
+                    path,
+                    cfg.preset,
+                    cfg.match_depth,
+                    cfg.fsync,
+                )?)
             }
         };
         let canonical = episode.canonical();
@@ -678,7 +683,7 @@ mod tests {
 
     /// Compressed file length after each episode, from a writer of one segment.
     fn boundaries(path: &Path, eps: &[Episode]) -> Vec<u64> {
-        let mut w = SegmentWriter::create(path.to_path_buf(), 0, false).unwrap();
+        let mut w = SegmentWriter::create(path.to_path_buf(), 0, 0, false).unwrap();
         let (mut root, mut lens, mut len) = (ROOT_0, Vec::new(), 0);
         for (i, ep) in eps.iter().enumerate() {
             let hash = ep.content_hash();

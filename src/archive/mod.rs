@@ -44,7 +44,10 @@
 //! which [`verify()`] replays from. The checkpoint is trusted: it anchors the chain after a cut.
 //! The writer threads apply retention at start, after each roll and every minute.
 //!
-//! One writer per directory: two processes writing the same shard would interleave chains.
+//! One writer per directory: two processes writing the same shard would interleave chains, so
+//! `bizra run` holds `--data-dir`'s lock (`crate::data_dir`) while it runs. At start, a corrupt
+//! or malformed newest segment is logged and counted in `ArchiveStats::errors`, and its shard's
+//! chain goes on from the last good entry.
 //!
 //! # Layout
 //! - `segment`: names, the xz segment writer and reader, the entry and checkpoint formats.

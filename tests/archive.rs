@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::audit_verified_episodes;
+use crate::common::{audit_verified_episodes, bizra_gen};
 
 fn bizra() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bizra"));
@@ -20,17 +20,7 @@ fn bizra() -> Command {
 fn run_gen(dir: &Path, n: usize, extra_config: &str) -> Output {
     let cfg = dir.join("bizra.toml");
     std::fs::write(&cfg, extra_config).unwrap();
-    bizra()
-        .args([
-            "run",
-            "-q",
-            "-w",
-            "2",
-            "--signed-fraction",
-            "0",
-            "--gen",
-            &n.to_string(),
-        ])
+    bizra_gen(n)
         .arg("--data-dir")
         .arg(dir)
         .arg("--output")
@@ -164,17 +154,7 @@ fn a_flipped_byte_in_a_segment_is_reported_with_its_file() {
 #[test]
 fn kill_9_while_writing_leaves_an_archive_that_verifies_and_continues() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = bizra()
-        .args([
-            "run",
-            "-q",
-            "-w",
-            "2",
-            "--signed-fraction",
-            "0",
-            "--gen",
-            "10000000",
-        ])
+    let mut child = bizra_gen(10_000_000)
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--output", "/dev/null"])

@@ -124,3 +124,21 @@ pub fn audit_verified_episodes(data_dir: &std::path::Path) -> usize {
         })
         .sum()
 }
+
+/// `bizra run -q -w 2 --signed-fraction 0 --gen N` (quiet logs): the generated stream the
+/// end-to-end tests build on; callers add outputs, `--data-dir`, `--config` and so on.
+pub fn bizra_gen(n: usize) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_bizra"));
+    c.args([
+        "run",
+        "-q",
+        "-w",
+        "2",
+        "--signed-fraction",
+        "0",
+        "--gen",
+        &n.to_string(),
+    ])
+    .env("RUST_LOG", "warn");
+    c
+}

@@ -5,10 +5,10 @@
 //! thousands of entries more by the end.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, scrape_series};
+use crate::common::{bizra_gen, free_port, scrape_series};
 
 /// Observations in the stream: long enough for the replay guard to fill 7 times over and
 /// for ~100 statistics windows to close, short enough for a debug build.
@@ -28,20 +28,9 @@ fn state_sizes_stay_flat_over_a_long_stream() {
     )
     .unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bizra"))
-        .args([
-            "run",
-            "-q",
-            "-w",
-            "2",
-            "--signed-fraction",
-            "0",
-            "--output",
-            "/dev/null",
-        ])
-        .args(["--gen", &N.to_string(), "--http", &addr, "--config"])
+    let mut child = bizra_gen(N)
+        .args(["--output", "/dev/null", "--http", &addr, "--config"])
         .arg(&cfg)
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

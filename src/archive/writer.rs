@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryIter, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bizra_dataflows::episode::{chain, Digest64, Episode, ROOT_0};
+use bizra_dataflows::operators::wall_ms;
 
 use crate::recall::RecentEpisodes;
 use sha3::{Digest, Sha3_512};
@@ -435,7 +436,14 @@ impl ArchiveWriter {
         }
         let hash: Digest64 = Sha3_512::digest(&canonical).into();
         let root = chain(&shard.root, &hash);
-        let entry = encode_entry(shard.next_index, wall_ms(), &shard.root, &hash, &root, &canonical);
+        let entry = encode_entry(
+            shard.next_index,
+            wall_ms().max(0) as u64,
+            &shard.root,
+            &hash,
+            &root,
+            &canonical,
+        );
         match segment.push(&entry) {
             Ok(()) => {
                 self.stats
@@ -555,12 +563,6 @@ fn recover(shard_dir: &Path, stats: &ArchiveStats) -> Result<Shard, ArchiveError
         None => (0, ROOT_0),
     };
     Ok(Shard::at(next_index, root))
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

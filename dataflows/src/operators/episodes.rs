@@ -41,20 +41,22 @@ pub fn episodes<'s>(outputs: StreamVec<'s, u64, Output>) -> StreamVec<'s, u64, E
             input.for_each(|cap, data| {
                 let mut session = output.session(&cap);
                 for o in data.iter() {
-                    let key = match o {
-                        Output::Verdict(v) => (v.batch.shard, v.batch.seq),
-                        Output::Commitment(c) => (c.shard, c.seq),
-                        Output::DeadLetter(_) => continue,
-                    };
-                    let g = open.entry(key).or_default();
-                    match o {
+                    let (key, g) = match o {
                         Output::Verdict(v) => {
+                            let key = (v.batch.shard, v.batch.seq);
+                            let g = open.entry(key).or_default();
                             let r = EpisodeRecord::from_verdict(v, &mut g.conditions);
                             g.records.push(r);
+                            (key, g)
                         }
-                        Output::Commitment(c) => g.commitment = Some(c.clone()),
-                        Output::DeadLetter(_) => unreachable!("skipped above"),
-                    }
+                        Output::Commitment(c) => {
+                            let key = (c.shard, c.seq);
+                            let g = open.entry(key).or_default();
+                            g.commitment = Some(c.clone());
+                            (key, g)
+                        }
+                        Output::DeadLetter(_) => continue,
+                    };
                     if g.complete() {
                         let g = open.remove(&key).expect("present");
                         let c = g.commitment.expect("complete");

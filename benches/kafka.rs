@@ -3,8 +3,8 @@
 //! Run: `cargo bench --bench kafka`. Environment:
 //! - `BIZRA_BENCH_N`: observations, default 200000;
 //! - `BIZRA_BENCH_ROUNDS=R`: R rounds of passthrough then bizra on one broker, with medians;
-//! - `BIZRA_BENCH_COMPRESSION`: producer compression for both, default lz4 (as bizra);
-//! - `BIZRA_BENCH_LINGER`: producer `linger.ms` for both, default 5 (as bizra);
+//! - `BIZRA_BENCH_COMPRESSION`: producer compression for both, default bizra's (lz4);
+//! - `BIZRA_BENCH_LINGER`: producer `linger.ms` for both, default bizra's (20);
 //! - `BIZRA_BENCH_WORKERS`: bizra's workers, default 2;
 //! - `BIZRA_BENCH_LATENCY=0`: skips the latency phase;
 //! - `BIZRA_BENCH_KAFKA`: extra `[kafka]` keys for bizra, `;`-separated;
@@ -17,11 +17,14 @@
 //! 1. A tansu broker with memory storage (fast; we only read from the start) on a free port.
 //! 2. N generated observations are preloaded into an 8-partition topic.
 //! 3. Passthrough: 2 threads, each consuming 4 partitions and producing every message to an
-//!    output topic with the producer settings bizra uses, until all are acknowledged.
+//!    output topic with bizra's producer settings (`PRODUCER_SETTINGS`), until all are
+//!    acknowledged.
 //! 4. bizra `-w 2` consumes the same topic and produces verdicts; timed from process start
 //!    until its consumer group has committed every input offset (bizra commits an offset only
-//!    when everything produced from it is acknowledged); the verdicts are counted afterwards.
-//! 5. Latency: a fresh topic is fed at half of bizra's measured (median) rate for 20 s while
+//!    when everything produced from it is acknowledged).
+//! 5. Every run (3 and 4) writes a fresh 1-partition output topic, which is counted complete
+//!    and deleted after the run: the broker slowed down run after run as it held more data.
+//! 6. Latency: a fresh topic is fed at half of bizra's measured (median) rate for 20 s while
 //!    bizra runs, writing its verdicts to a topic of their own; the latency of every verdict
 //!    is its Kafka timestamp (set when produced; acks follow within `linger.ms`) minus its
 //!    input's timestamp, recorded in an HDR histogram.
@@ -35,6 +38,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use bizra::kafka::sink::PRODUCER_SETTINGS;
 
 const PARTITIONS: i32 = 8;
 
@@ -54,6 +59,16 @@ fn free_port() -> u16 {
         .port()
 }
 
+fn delete_topic(port: u16, name: &str) {
+    let ok = Command::new(tansu())
+        .args(["topic", "delete", name])
+        .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "delete topic {name}");
+}
+
 fn topic(port: u16, name: &str, partitions: i32) {
     let ok = Command::new(tansu())
         .args(["topic", "create", name, "--partitions", &partitions.to_string()])
@@ -64,28 +79,30 @@ fn topic(port: u16, name: &str, partitions: i32) {
     assert!(ok, "create topic {name}");
 }
 
-/// The producers' compression, for passthrough and bizra alike (`BIZRA_BENCH_COMPRESSION`,
-/// default lz4 as in bizra).
-/// The producers' `linger.ms`, for passthrough and bizra alike (`BIZRA_BENCH_LINGER`,
-/// default 5 as in bizra).
-fn linger() -> String {
-    std::env::var("BIZRA_BENCH_LINGER").unwrap_or_else(|_| "5".into())
+/// Overrides of bizra's producer settings for both sides, from `BIZRA_BENCH_COMPRESSION`
+/// and `BIZRA_BENCH_LINGER`; unset means bizra's own (`PRODUCER_SETTINGS`).
+fn overrides() -> Vec<(&'static str, String)> {
+    [
+        ("compression.type", "BIZRA_BENCH_COMPRESSION"),
+        ("linger.ms", "BIZRA_BENCH_LINGER"),
+    ]
+    .into_iter()
+    .filter_map(|(key, var)| std::env::var(var).ok().map(|v| (key, v)))
+    .collect()
 }
 
-fn compression() -> String {
-    std::env::var("BIZRA_BENCH_COMPRESSION").unwrap_or_else(|_| "lz4".into())
-}
-
+/// A producer with exactly bizra's settings (and the overrides), for preloading and for
+/// the passthrough baseline.
 fn producer(addr: &str) -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", linger())
-        .set("compression.type", compression())
-        .set("queue.buffering.max.messages", "100000")
-        .create()
-        .unwrap()
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", addr);
+    for (k, v) in PRODUCER_SETTINGS {
+        c.set(*k, *v);
+    }
+    for (k, v) in overrides() {
+        c.set(k, v);
+    }
+    c.create().unwrap()
 }
 
 fn send(p: &BaseProducer, topic: &str, partition: i32, payload: &[u8]) {
@@ -138,11 +155,12 @@ impl Counter {
     }
 }
 
-fn passthrough(addr: &str, n: usize) -> Duration {
+fn passthrough(addr: &str, n: usize, out: &str) -> Duration {
     let started = Instant::now();
     let threads: Vec<_> = (0..2)
         .map(|t| {
             let addr = addr.to_owned();
+            let out = out.to_owned();
             std::thread::spawn(move || {
                 let c: BaseConsumer = ClientConfig::new()
                     .set("bootstrap.servers", &addr)
@@ -162,7 +180,7 @@ fn passthrough(addr: &str, n: usize) -> Duration {
                 let mut got = 0;
                 while got < want {
                     if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                        send(&p, "bench.out", 0, m.payload().unwrap_or_default());
+                        send(&p, &out, 0, m.payload().unwrap_or_default());
                         got += 1;
                     }
                     p.poll(Duration::ZERO);
@@ -209,10 +227,13 @@ fn bizra_bin(
     let extra = std::env::var("BIZRA_BENCH_KAFKA")
         .unwrap_or_default()
         .replace(';', "\n");
-    let compression = compression();
+    let producer_options: String = overrides()
+        .iter()
+        .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
+        .collect();
     std::fs::write(
         &cfg,
-        format!("[kafka]\ninput_topic = \"{input}\"\nverdicts_topic = \"{verdicts}\"\n{extra}\n[kafka.producer_options]\n\"compression.type\" = \"{compression}\"\n\"linger.ms\" = \"{}\"\n", linger()),
+        format!("[kafka]\ninput_topic = \"{input}\"\nverdicts_topic = \"{verdicts}\"\n{extra}\n[kafka.producer_options]\n{producer_options}"),
     )
     .unwrap();
     Command::new(bin)
@@ -268,13 +289,7 @@ fn main() {
     topic(port, "bench.in", PARTITIONS);
     topic(port, "bench.live", PARTITIONS);
     topic(port, "bench.live.verdicts", 1);
-    for t in [
-        "bench.out",
-        "bizra.verdicts",
-        "bizra.commitments",
-        "bizra.dlq",
-        "bizra.stats",
-    ] {
+    for t in ["bizra.commitments", "bizra.dlq", "bizra.stats"] {
         topic(port, t, 1);
     }
 
@@ -320,9 +335,26 @@ fn main() {
         (n as f64 / took.as_secs_f64(), took)
     };
     let (mut ratios, mut rates, mut compare_ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let mut runs = 0;
+    // Every run writes a fresh 1-partition topic, checked complete and deleted after the
+    // run, so that no run pays for an earlier run's data in the broker.
+    let fresh = |name: String| {
+        topic(port, &name, 1);
+        name
+    };
+    let complete_and_delete = |name: &str| {
+        let mut out = Counter::new(&addr, name, 0);
+        assert!(
+            out.wait_for(n, Duration::from_secs(120)),
+            "{name} has {} of {n} records",
+            out.seen
+        );
+        drop(out);
+        delete_topic(port, name);
+    };
     for round in 0..rounds {
-        let base = passthrough(&addr, n);
+        let out = fresh(format!("bench.out.{round}"));
+        let base = passthrough(&addr, n, &out);
+        complete_and_delete(&out);
         let base_rate = n as f64 / base.as_secs_f64();
         println!(
             "round {round}: passthrough: {n} in {:.2} s = {base_rate:.0} msg/s",
@@ -331,11 +363,12 @@ fn main() {
         for first in [true, false] {
             if let Some(bin) = compare.as_ref().filter(|_| first == (round % 2 == 0)) {
                 let group = format!("bench-compare-{round}");
+                let verdicts = fresh(format!("bizra.verdicts.{group}"));
                 let (rate, took) = timed(
-                    bizra_bin(bin, &addr, &group, ("bench.in", "bizra.verdicts"), &[]),
+                    bizra_bin(bin, &addr, &group, ("bench.in", &verdicts), &[]),
                     &group,
                 );
-                runs += 1;
+                complete_and_delete(&verdicts);
                 compare_ratios.push(rate / base_rate);
                 println!(
                     "round {round}: compare {}: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
@@ -346,8 +379,9 @@ fn main() {
             }
             if first {
                 let group = format!("bench-throughput-{round}");
-                let (rate, took) = timed(bizra(&addr, &group, "bench.in", "bizra.verdicts"), &group);
-                runs += 1;
+                let verdicts = fresh(format!("bizra.verdicts.{group}"));
+                let (rate, took) = timed(bizra(&addr, &group, "bench.in", &verdicts), &group);
+                complete_and_delete(&verdicts);
                 rates.push(rate);
                 ratios.push(rate / base_rate);
                 println!(
@@ -359,13 +393,6 @@ fn main() {
             }
         }
     }
-    let mut verdicts = Counter::new(&addr, "bizra.verdicts", 0);
-    assert!(
-        verdicts.wait_for(runs * n, Duration::from_secs(120)),
-        "{runs} bizra runs produced {} of {} verdicts",
-        verdicts.seen,
-        runs * n
-    );
     let rate = median(&mut rates);
     if rounds > 1 {
         println!(
@@ -382,7 +409,7 @@ fn main() {
 
     if std::env::var("BIZRA_BENCH_LATENCY").as_deref() == Ok("0") {
         // Clients first: a client dropped after its broker is gone blocks on closing.
-        drop((p, verdicts));
+        drop(p);
         let _ = broker.kill();
         let _ = broker.wait();
         return;
@@ -477,7 +504,7 @@ fn main() {
             h.value_at_quantile(0.99)
         );
     }
-    drop((p, verdicts, live, c));
+    drop((p, live, c));
     let _ = broker.kill();
     let _ = broker.wait();
 }

@@ -50,18 +50,29 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// bizra's producer settings, before `[kafka.options]` and `[kafka.producer_options]`.
+/// Public so that the Kafka bench's passthrough baseline uses exactly these.
+pub const PRODUCER_SETTINGS: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    // Never give up on a record: a lost broker is backpressure, not loss.
+    ("message.timeout.ms", "0"),
+    // An idempotent librdkafka producer keeps one produce request per partition in flight,
+    // and its broker thread busy-polls while a batch is ready and that request is out. 20 ms
+    // lets the next batch fill while the previous one is acknowledged (docs/DECISIONS.md).
+    ("linger.ms", "20"),
+    // Verdict JSON is ~2 KB and compresses ~4×: the broker's bytes are the bottleneck.
+    ("compression.type", "lz4"),
+    ("queue.buffering.max.messages", "100000"),
+];
+
 /// Creates the idempotent producer and the receiver of its delivery reports.
 pub fn producer(cfg: &KafkaConfig) -> anyhow::Result<(BaseProducer<DeliveryContext>, Receiver<Ack>)> {
     let (tx, rx) = channel();
     let mut c = cfg.client_config();
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        // Never give up on a record: a lost broker is backpressure, not loss.
-        .set("message.timeout.ms", "0")
-        .set("linger.ms", "5")
-        // Verdict JSON is ~2 KB and compresses ~4×: the broker's bytes are the bottleneck.
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "100000");
+    for (k, v) in PRODUCER_SETTINGS {
+        c.set(*k, *v);
+    }
     let p = cfg
         .with_options(c, true)
         .create_with_context(DeliveryContext { acks: Mutex::new(tx) })

@@ -256,6 +256,17 @@ fn bizra_bin(
         .unwrap()
 }
 
+/// A child process that is killed when dropped, so that a failed bench leaves no broker
+/// behind. Declared before the clients, it is dropped after them.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn stop(mut c: Child) {
     let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
     let _ = c.wait();
@@ -269,20 +280,22 @@ fn main() {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let addr = format!("127.0.0.1:{port}");
-    let mut broker = Command::new(tansu())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu (run scripts/tansu first)");
+    let broker = KillOnDrop(
+        Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu (run scripts/tansu first)"),
+    );
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -327,9 +340,9 @@ fn main() {
     // One bizra run: its rate, timed from process start until its group has committed every
     // input offset. bizra commits an offset only once every output derived from it is
     // acknowledged, so that is "the last verdict is acknowledged".
-    let timed = |run: Child, group: &str| {
+    let timed = |mut run: Child, group: &str| {
         let started = Instant::now();
-        wait_committed(&addr, group, "bench.in", n, Duration::from_secs(600));
+        wait_committed(&addr, group, &mut run, n, Duration::from_secs(600));
         let took = started.elapsed();
         stop(run);
         (n as f64 / took.as_secs_f64(), took)
@@ -410,8 +423,7 @@ fn main() {
     if std::env::var("BIZRA_BENCH_LATENCY").as_deref() == Ok("0") {
         // Clients first: a client dropped after its broker is gone blocks on closing.
         drop(p);
-        let _ = broker.kill();
-        let _ = broker.wait();
+        drop(broker);
         return;
     }
 
@@ -505,8 +517,7 @@ fn main() {
         );
     }
     drop((p, live, c));
-    let _ = broker.kill();
-    let _ = broker.wait();
+    drop(broker);
 }
 
 /// The median (the upper one for an even count).
@@ -516,7 +527,10 @@ fn median(xs: &mut [f64]) -> f64 {
 }
 
 /// Waits until `group` has committed offsets summing to `n` over the partitions of `topic`.
-fn wait_committed(addr: &str, group: &str, topic: &str, n: usize, timeout: Duration) {
+/// Waits until `group` has committed `n` offsets of `bench.in`; fails at once if `run`, the
+/// bizra that commits them, exits first (e.g. on a bad argument).
+fn wait_committed(addr: &str, group: &str, run: &mut Child, n: usize, timeout: Duration) {
+    let topic = "bench.in";
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", group)
@@ -543,7 +557,13 @@ fn wait_committed(addr: &str, group: &str, topic: &str, n: usize, timeout: Durat
         if done as usize >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "bizra committed {done} of {n} offsets");
+        if let Some(status) = run.try_wait().unwrap() {
+            panic!("bizra exited ({status}) after committing {done} of {n} offsets");
+        }
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("bizra committed {done} of {n} offsets in {timeout:?}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }

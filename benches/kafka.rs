@@ -14,7 +14,8 @@
 //!   `BIZRA_BENCH_COMPARE` set to this same binary, `BIZRA_BENCH_ARGS="--data-dir D"`
 //!   measures the archive on against off.
 //!
-//! 1. A tansu broker with memory storage (fast; we only read from the start) on a free port.
+//! 1. A tansu broker with memory storage (fast; we only read from the start) on a free port
+//!    (`tests/broker.rs`, shared with the Kafka tests).
 //! 2. N generated observations are preloaded into an 8-partition topic.
 //! 3. Passthrough: 2 threads, each consuming 4 partitions and producing every message to an
 //!    output topic with bizra's producer settings (`PRODUCER_SETTINGS`), until all are
@@ -41,43 +42,11 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use bizra::kafka::sink::PRODUCER_SETTINGS;
 
+#[path = "../tests/broker.rs"]
+mod broker;
+use broker::Broker;
+
 const PARTITIONS: i32 = 8;
-
-fn tansu() -> PathBuf {
-    std::env::var_os("BIZRA_TANSU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/bizra/tansu/bin/tansu")
-        })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn delete_topic(port: u16, name: &str) {
-    let ok = Command::new(tansu())
-        .args(["topic", "delete", name])
-        .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "delete topic {name}");
-}
-
-fn topic(port: u16, name: &str, partitions: i32) {
-    let ok = Command::new(tansu())
-        .args(["topic", "create", name, "--partitions", &partitions.to_string()])
-        .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "create topic {name}");
-}
 
 /// Overrides of bizra's producer settings for both sides, from `BIZRA_BENCH_COMPRESSION`
 /// and `BIZRA_BENCH_LINGER`; unset means bizra's own (`PRODUCER_SETTINGS`).
@@ -256,17 +225,6 @@ fn bizra_bin(
         .unwrap()
 }
 
-/// A child process that is killed when dropped, so that a failed bench leaves no broker
-/// behind. Declared before the clients, it is dropped after them.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn stop(mut c: Child) {
     let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
     let _ = c.wait();
@@ -277,33 +235,13 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200_000);
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let addr = format!("127.0.0.1:{port}");
-    let broker = KillOnDrop(
-        Command::new(tansu())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu (run scripts/tansu first)"),
-    );
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    topic(port, "bench.in", PARTITIONS);
-    topic(port, "bench.live", PARTITIONS);
-    topic(port, "bench.live.verdicts", 1);
+    let broker = Broker::memory();
+    let addr = broker.addr();
+    broker.create_topic("bench.in", PARTITIONS as u32);
+    broker.create_topic("bench.live", PARTITIONS as u32);
+    broker.create_topic("bench.live.verdicts", 1);
     for t in ["bizra.commitments", "bizra.dlq", "bizra.stats"] {
-        topic(port, t, 1);
+        broker.create_topic(t, 1);
     }
 
     let gen = Command::new(env!("CARGO_BIN_EXE_bizra"))
@@ -351,7 +289,7 @@ fn main() {
     // Every run writes a fresh 1-partition topic, checked complete and deleted after the
     // run, so that no run pays for an earlier run's data in the broker.
     let fresh = |name: String| {
-        topic(port, &name, 1);
+        broker.create_topic(&name, 1);
         name
     };
     let complete_and_delete = |name: &str| {
@@ -362,7 +300,7 @@ fn main() {
             out.seen
         );
         drop(out);
-        delete_topic(port, name);
+        broker.delete_topic(name);
     };
     for round in 0..rounds {
         let out = fresh(format!("bench.out.{round}"));

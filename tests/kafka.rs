@@ -1,12 +1,9 @@
 //! bizra against a real Kafka-compatible broker (tansu, sqlite storage): round trip with
 //! bad records, offsets committed after delivery, restart after kill -9, several processes,
-//! and a broker outage. Each test starts its own broker on a free port.
-//!
-//! The broker binary comes from `scripts/tansu` (run by `scripts/test`), found through
-//! `BIZRA_TANSU` or `~/.cache/bizra/tansu/bin/tansu`.
+//! and a broker outage. Each test starts its own broker on a free port (`broker.rs`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,100 +13,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
+use crate::broker::Broker;
 use crate::common::{free_port, stable};
-
-fn tansu_bin() -> PathBuf {
-    let p = std::env::var_os("BIZRA_TANSU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/bizra/tansu/bin/tansu")
-        });
-    assert!(
-        p.exists(),
-        "tansu not found at {}: run scripts/tansu (scripts/test does)",
-        p.display()
-    );
-    p
-}
-
-/// A tansu broker with sqlite storage in a temporary directory.
-pub struct Broker {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Broker {
-    pub fn start() -> Broker {
-        let mut b = Broker {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        b.spawn();
-        b
-    }
-
-    fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tansu_bin())
-            .current_dir(self.dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {}", self.port);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn create_topic(&self, name: &str, partitions: u32) {
-        let out = Command::new(tansu_bin())
-            .args(["topic", "create", name, "--partitions", &partitions.to_string()])
-            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "topic create {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Kills the broker (its data stays on disk).
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn topics(b: &Broker, input_partitions: u32) {
     b.create_topic("bizra.observations", input_partitions);

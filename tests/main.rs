@@ -1,6 +1,7 @@
 //! The one integration-test binary: each module proves one area of behaviour.
 
 mod archive;
+mod broker;
 mod cli;
 mod common;
 mod decode_props;

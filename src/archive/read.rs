@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use bizra_dataflows::episode::{Digest64, Episode};
 
+use super::progress::Progress;
 use super::segment::{list_segments, list_shards, shard_dir, SegmentEnd, SegmentReader};
 use super::ArchiveError;
 
@@ -39,15 +40,18 @@ pub fn episodes(dir: &Path) -> Result<Episodes, ArchiveError> {
         }
     }
     Ok(Episodes {
+        progress: Progress::new("reading the archive", segments.len()),
         segments,
         current: None,
     })
 }
 
-/// The iterator of [`episodes`]; it holds one open segment at a time.
+/// The iterator of [`episodes`]; it holds one open segment at a time, and logs its progress
+/// through the segments every few seconds.
 pub struct Episodes {
     segments: VecDeque<(u32, PathBuf)>,
     current: Option<(u32, SegmentReader)>,
+    progress: Progress,
 }
 
 impl Iterator for Episodes {
@@ -59,6 +63,7 @@ impl Iterator for Episodes {
                 Some(current) => current,
                 empty => {
                     let (shard, path) = self.segments.pop_front()?;
+                    self.progress.segment();
                     match SegmentReader::open(&path) {
                         Ok(reader) => empty.insert((shard, reader)),
                         Err(e) => return Some(Err(e)),

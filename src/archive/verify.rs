@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use bizra_dataflows::episode::{chain, Digest64, ROOT_0};
 use sha3::{Digest, Sha3_512};
 
+use super::progress::Progress;
 use super::segment::{
     episode_bytes, list_segments, list_shards, parse_entry, read_checkpoint, shard_dir, SegmentEnd,
     SegmentReader,
@@ -114,14 +115,20 @@ pub enum Warning {
 /// Replays every shard's chain in `dir`. Errors are for an unreadable directory or checkpoint;
 /// everything about the segments is in the report.
 pub fn verify(dir: &Path) -> Result<VerifyReport, ArchiveError> {
-    let shards = list_shards(dir)?
+    let shards = list_shards(dir)?;
+    let mut segments = 0;
+    for &shard in &shards {
+        segments += list_segments(&shard_dir(dir, shard))?.len();
+    }
+    let mut progress = Progress::new("verifying the archive", segments);
+    let shards = shards
         .into_iter()
-        .map(|shard| verify_shard(dir, shard))
+        .map(|shard| verify_shard(dir, shard, &mut progress))
         .collect::<Result<_, _>>()?;
     Ok(VerifyReport { shards })
 }
 
-fn verify_shard(dir: &Path, shard: u32) -> Result<ShardReport, ArchiveError> {
+fn verify_shard(dir: &Path, shard: u32, progress: &mut Progress) -> Result<ShardReport, ArchiveError> {
     let sdir = shard_dir(dir, shard);
     let (start, root) = match read_checkpoint(&sdir)? {
         Some(cp) => (cp.first_index, cp.prev),
@@ -137,6 +144,7 @@ fn verify_shard(dir: &Path, shard: u32) -> Result<ShardReport, ArchiveError> {
         warnings: Vec::new(),
     };
     for (first, path) in list_segments(&sdir)? {
+        progress.segment();
         if first < start {
             report.warnings.push(Warning::BeforeCheckpoint { path });
             continue;

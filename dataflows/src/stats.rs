@@ -440,13 +440,14 @@ pub fn windows(worker: &mut Worker, cfg: &StatsConfig) -> Windows {
 impl Windows {
     /// Adds a sample to every window it falls in, or counts it as late if the first of them
     /// is already closed (or the input finished).
-    pub fn push(&mut self, s: Sample) {
+    pub fn push(&mut self, mut s: Sample) {
         let entry = (s.event_ms / self.slide_ms + 1) * self.slide_ms;
         if self.input.as_ref().is_none_or(|i| *i.time() > entry) {
             self.late += 1;
             return;
         }
-        let key = (s.domain.clone(), s.tier, s.severity);
+        // The label moves into the key (the aggregate does not read it).
+        let key = (std::mem::take(&mut s.domain), s.tier, s.severity);
         self.pending.entry((key, entry)).or_insert_with(Agg::zero).add(&s);
     }
 

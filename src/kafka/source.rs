@@ -188,7 +188,7 @@ impl Source {
                     out(RawRecord {
                         bytes: kept.to_vec(),
                         input: Some(InputRef {
-                            topic: self.topic.to_string(),
+                            topic: String::from(&*self.topic),
                             partition: *p,
                             offset: m.offset(),
                         }),

@@ -69,6 +69,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+mod idfilter;
 mod progress;
 mod read;
 mod retention;

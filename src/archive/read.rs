@@ -1,5 +1,6 @@
 //! Reading the archive: an iterator over every stored episode (shard by shard, in chain order)
-//! and the lookup of an observation id, a linear scan over all segments (no index). Neither
+//! and the lookup of an observation id, which reads only the segments whose id filter may
+//! hold it (`idfilter.rs`). Neither
 //! checks the chain; that is `verify`'s job. A torn tail ends its segment silently.
 
 use std::collections::VecDeque;
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use bizra_dataflows::episode::{Digest64, Episode};
 
+use super::idfilter::{id_key, IdFilter};
 use super::progress::Progress;
 use super::segment::{list_segments, list_shards, shard_dir, SegmentEnd, SegmentReader};
 use super::ArchiveError;
@@ -33,17 +35,18 @@ pub struct Stored {
 /// the entry's framing is what is broken (the stream ends inside it, or its length is out of
 /// bounds): then nothing after it can be found and the iterator goes on with the next segment.
 pub fn episodes(dir: &Path) -> Result<Episodes, ArchiveError> {
+    Ok(Episodes::over(segments(dir)?))
+}
+
+/// Every segment of the archive at `dir` with its shard, in reading order.
+fn segments(dir: &Path) -> Result<VecDeque<(u32, PathBuf)>, ArchiveError> {
     let mut segments = VecDeque::new();
     for shard in list_shards(dir)? {
         for (_, path) in list_segments(&shard_dir(dir, shard))? {
             segments.push_back((shard, path));
         }
     }
-    Ok(Episodes {
-        progress: Progress::new("reading the archive", segments.len()),
-        segments,
-        current: None,
-    })
+    Ok(segments)
 }
 
 /// The iterator of [`episodes`]; it holds one open segment at a time, and logs its progress
@@ -52,6 +55,16 @@ pub struct Episodes {
     segments: VecDeque<(u32, PathBuf)>,
     current: Option<(u32, SegmentReader)>,
     progress: Progress,
+}
+
+impl Episodes {
+    fn over(segments: VecDeque<(u32, PathBuf)>) -> Episodes {
+        Episodes {
+            progress: Progress::new("reading the archive", segments.len()),
+            segments,
+            current: None,
+        }
+    }
 }
 
 impl Iterator for Episodes {
@@ -106,13 +119,19 @@ impl Iterator for Episodes {
 }
 
 /// Every stored episode with a record of observation `id`, oldest first (by write time, then
-/// shard and index). Scans the whole archive; an unreadable segment is an error.
+/// shard and index). Reads the segments whose id filter may hold `id`, and those without a
+/// valid filter; an unreadable segment is an error.
 pub fn find(dir: &Path, id: &str) -> Result<Vec<Stored>, ArchiveError> {
+    let key = id_key(id);
+    let mut candidates = segments(dir)?;
+    candidates.retain(|(_, path)| IdFilter::read(path).is_none_or(|f| f.may_contain(key)));
     let has_id = |s: &Result<Stored, ArchiveError>| {
         s.as_ref()
             .map_or(true, |s| s.episode.records.iter().any(|r| r.id == id))
     };
-    let mut found = episodes(dir)?.filter(has_id).collect::<Result<Vec<_>, _>>()?;
+    let mut found = Episodes::over(candidates)
+        .filter(has_id)
+        .collect::<Result<Vec<_>, _>>()?;
     found.sort_by_key(|s| (s.written_ms, s.shard, s.index));
     Ok(found)
 }
@@ -141,6 +160,39 @@ mod tests {
         assert_eq!(found[2].path.file_name().unwrap(), "seg-000000000001.xz");
         assert_eq!(found[0].episode, eps[1]);
         assert!(find(dir.path(), "nope").unwrap().is_empty());
+    }
+
+    /// A finished segment has an id filter, and `find` reads only the segments whose filter
+    /// may hold the id: a damaged segment is an error for an id in it, and is not even opened
+    /// for an id whose filter says it is absent. Without a filter, the segment is scanned.
+    #[test]
+    fn find_reads_only_the_segments_whose_filter_may_hold_the_id() {
+        use crate::archive::idfilter::sidecar;
+        use crate::archive::segment::segment_path;
+        let dir = tempfile::tempdir().unwrap();
+        write(&config(dir.path()), vec![episode(0, 0, &["a"])]);
+        write(&config(dir.path()), vec![episode(0, 1, &["b"])]);
+        let first = segment_path(dir.path(), 0, 0);
+        let second = segment_path(dir.path(), 0, 1);
+        assert!(sidecar(&first).is_file() && sidecar(&second).is_file());
+        assert_eq!(find(dir.path(), "a").unwrap().len(), 1);
+
+        let mut bytes = std::fs::read(&first).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&first, bytes).unwrap();
+        assert!(find(dir.path(), "a").is_err(), "the damaged segment was read");
+        assert_eq!(
+            find(dir.path(), "b").unwrap().len(),
+            1,
+            "the damaged segment was skipped"
+        );
+
+        std::fs::remove_file(sidecar(&first)).unwrap();
+        assert!(
+            find(dir.path(), "b").is_err(),
+            "without a filter the segment is scanned"
+        );
     }
 
     #[test]

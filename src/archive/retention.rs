@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use super::idfilter::sidecar;
 use super::segment::{list_segments, list_shards, shard_dir, write_checkpoint, Checkpoint, SegmentReader};
 use super::ArchiveError;
 
@@ -98,6 +99,14 @@ fn delete_prefix(sdir: &Path, segments: &[Segment], mut cut: usize) -> Result<u6
     }
     for s in &segments[..cut] {
         fs::remove_file(&s.path).map_err(ArchiveError::io(&s.path, "delete segment"))?;
+        // Its id filter, if it has one.
+        let ids = sidecar(&s.path);
+        match fs::remove_file(&ids) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ArchiveError::io(&ids, "delete id filter")(e))
+            }
+            _ => {}
+        }
     }
     Ok(cut as u64)
 }
@@ -124,6 +133,11 @@ mod tests {
             let first = segments[0].0;
             assert!(first > 0 && segments.last().unwrap().0 == 29, "{segments:?}");
             assert_eq!(read_checkpoint(&sdir).unwrap().unwrap().first_index, first);
+            // Every deleted segment's id filter went with it; the kept finished ones have theirs.
+            let filters: Vec<u64> = (0..30)
+                .filter(|&i| sidecar(&segment_path(dir.path(), shard, i)).exists())
+                .collect();
+            assert_eq!(filters, (first..30).collect::<Vec<_>>(), "shard {shard}");
         }
         let on_disk: u64 = (0..30)
             .flat_map(|i| [segment_path(dir.path(), 0, i), segment_path(dir.path(), 1, i)])

@@ -66,6 +66,8 @@ pub(crate) struct SegmentWriter {
     good_len: u64,
     /// Bytes of content (entries, before compression) appended, for rolling.
     pub(crate) content_bytes: u64,
+    /// The id keys of the records appended, for the segment's id filter (`idfilter.rs`).
+    pub(crate) ids: Vec<[u64; 2]>,
 }
 
 impl SegmentWriter {
@@ -94,6 +96,7 @@ impl SegmentWriter {
             out: Vec::with_capacity(64 << 10),
             good_len: 0,
             content_bytes: 0,
+            ids: Vec::new(),
         })
     }
 

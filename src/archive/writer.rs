@@ -18,6 +18,7 @@ use bizra_dataflows::operators::wall_ms;
 use crate::recall::RecentEpisodes;
 use sha3::{Digest, Sha3_512};
 
+use super::idfilter::{id_key, IdFilter};
 use super::retention;
 use super::segment::{
     encode_entry, list_segments, parse_entry, read_checkpoint, segment_path, shard_dir, SegmentEnd,
@@ -449,6 +450,8 @@ impl ArchiveWriter {
                 self.stats
                     .content_bytes
                     .fetch_add(entry.len() as u64, Ordering::Relaxed);
+                // Kept even if the block fails later: an extra id only makes a lookup scan.
+                segment.ids.extend(episode.records.iter().map(|r| id_key(&r.id)));
             }
             Err(source) => {
                 let segment = shard.segment.take().expect("the segment just pushed to");
@@ -467,17 +470,18 @@ impl ArchiveWriter {
         Ok(index)
     }
 
-    /// Ends a segment's xz stream; a failure is logged and counted (its episodes stay readable).
-    fn finish(&self, segment: SegmentWriter) {
+    /// Ends a segment's xz stream and writes its id filter; a failure is logged and counted
+    /// (its episodes stay readable; without a filter, lookups scan the segment).
+    fn finish(&self, mut segment: SegmentWriter) {
         let path = segment.path.clone();
-        match segment.finish(self.cfg.fsync) {
-            Ok(bytes) => {
-                self.stats.xz_bytes.fetch_add(bytes, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(path = %path.display(), error = %e, "cannot finish archive segment");
-            }
+        let ids = std::mem::take(&mut segment.ids);
+        let finished = segment.finish(self.cfg.fsync).and_then(|bytes| {
+            self.stats.xz_bytes.fetch_add(bytes, Ordering::Relaxed);
+            IdFilter::build(&ids).write(&path)
+        });
+        if let Err(e) = finished {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(path = %path.display(), error = %e, "cannot finish archive segment");
         }
     }
 

@@ -99,13 +99,15 @@ fn delete_prefix(sdir: &Path, segments: &[Segment], mut cut: usize) -> Result<u6
     }
     for s in &segments[..cut] {
         fs::remove_file(&s.path).map_err(ArchiveError::io(&s.path, "delete segment"))?;
-        // Its id filter, if it has one.
+        // Its id filter, and the temporary file of one cut short by a crash, if any.
         let ids = sidecar(&s.path);
-        match fs::remove_file(&ids) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(ArchiveError::io(&ids, "delete id filter")(e))
+        for path in [ids.with_extension("ids.tmp"), ids] {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ArchiveError::io(&path, "delete id filter")(e))
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
     Ok(cut as u64)

@@ -1,7 +1,7 @@
 //! Reading the archive: an iterator over every stored episode (shard by shard, in chain order)
 //! and the lookup of an observation id, which reads only the segments whose id filter may
-//! hold it (`idfilter.rs`). Neither
-//! checks the chain; that is `verify`'s job. A torn tail ends its segment silently.
+//! hold it (`idfilter.rs`). Neither checks the chain; that is `verify`'s job. A torn tail ends
+//! its segment silently.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

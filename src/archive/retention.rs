@@ -11,7 +11,7 @@ use super::idfilter::sidecar;
 use super::segment::{list_segments, list_shards, shard_dir, write_checkpoint, Checkpoint, SegmentReader};
 use super::ArchiveError;
 
-/// A segment file as retention sees it.
+/// A segment file (with its id filter) as retention sees it.
 struct Segment {
     path: PathBuf,
     bytes: u64,
@@ -35,9 +35,11 @@ pub(crate) fn enforce(
             let modified = meta
                 .modified()
                 .map_err(ArchiveError::io(&path, "read segment mtime"))?;
+            // A segment's id filter counts towards the budget with it.
+            let filter = fs::metadata(sidecar(&path)).map_or(0, |m| m.len());
             segments.push(Segment {
                 path,
-                bytes: meta.len(),
+                bytes: meta.len() + filter,
                 modified,
             });
         }
@@ -143,6 +145,7 @@ mod tests {
         }
         let on_disk: u64 = (0..30)
             .flat_map(|i| [segment_path(dir.path(), 0, i), segment_path(dir.path(), 1, i)])
+            .flat_map(|p| [sidecar(&p), p])
             .filter_map(|p| fs::metadata(p).ok())
             .map(|m| m.len())
             .sum();

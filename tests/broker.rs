@@ -23,6 +23,15 @@ fn tansu_bin() -> PathBuf {
     p
 }
 
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A running tansu broker.
 pub struct Broker {
     child: Option<Child>,
@@ -47,14 +56,9 @@ impl Broker {
     }
 
     fn with_storage(storage: &'static str) -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut b = Broker {
             child: None,
-            port,
+            port: free_port(),
             storage,
             dir: tempfile::tempdir().unwrap(),
         };

@@ -29,14 +29,9 @@ pub fn stable(v: &Value) -> Value {
     v
 }
 
-/// A TCP port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A TCP port that was free a moment ago (defined with the test broker, which the Kafka bench
+/// shares).
+pub use crate::broker::free_port;
 
 /// Scrapes `http://ADDR/metrics`, checks every line of the exposition parses (and with
 /// `promtool check metrics`, when installed, that it lints clean), and returns each metric

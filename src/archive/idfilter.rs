@@ -12,19 +12,18 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bizra_dataflows::verification::replay::id_hash;
+
 const MAGIC: &[u8; 4] = b"BZI1";
 /// Bits per id and hash functions: about 0.8 % false positives.
 const BITS_PER_ID: u64 = 10;
 const HASHES: u32 = 7;
 
-/// The two 64-bit halves of an id's BLAKE3, from which every probe is derived.
+/// The two 64-bit halves of the id's routing hash (`replay::id_hash`, 128 bits of its
+/// BLAKE3), from which every probe is derived.
 pub(crate) fn id_key(id: &str) -> [u64; 2] {
-    let h = blake3::hash(id.as_bytes());
-    let b = h.as_bytes();
-    [
-        u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
-        u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
-    ]
+    let h = id_hash(id);
+    [h as u64, (h >> 64) as u64]
 }
 
 /// The sidecar of the segment at `segment`.

@@ -115,22 +115,28 @@ pub enum Warning {
 /// Replays every shard's chain in `dir`. Errors are for an unreadable directory or checkpoint;
 /// everything about the segments is in the report.
 pub fn verify(dir: &Path) -> Result<VerifyReport, ArchiveError> {
-    let shards = list_shards(dir)?;
-    let mut segments = 0;
-    for &shard in &shards {
-        segments += list_segments(&shard_dir(dir, shard))?.len();
+    let mut listed = Vec::new();
+    for shard in list_shards(dir)? {
+        let sdir = shard_dir(dir, shard);
+        let segments = list_segments(&sdir)?;
+        listed.push((shard, sdir, segments));
     }
-    let mut progress = Progress::new("verifying the archive", segments);
-    let shards = shards
+    let total = listed.iter().map(|(_, _, segments)| segments.len()).sum();
+    let mut progress = Progress::new("verifying the archive", total);
+    let shards = listed
         .into_iter()
-        .map(|shard| verify_shard(dir, shard, &mut progress))
+        .map(|(shard, sdir, segments)| verify_shard(shard, &sdir, segments, &mut progress))
         .collect::<Result<_, _>>()?;
     Ok(VerifyReport { shards })
 }
 
-fn verify_shard(dir: &Path, shard: u32, progress: &mut Progress) -> Result<ShardReport, ArchiveError> {
-    let sdir = shard_dir(dir, shard);
-    let (start, root) = match read_checkpoint(&sdir)? {
+fn verify_shard(
+    shard: u32,
+    sdir: &Path,
+    segments: Vec<(u64, PathBuf)>,
+    progress: &mut Progress,
+) -> Result<ShardReport, ArchiveError> {
+    let (start, root) = match read_checkpoint(sdir)? {
         Some(cp) => (cp.first_index, cp.prev),
         None => (0, ROOT_0),
     };
@@ -143,7 +149,7 @@ fn verify_shard(dir: &Path, shard: u32, progress: &mut Progress) -> Result<Shard
         broken: None,
         warnings: Vec::new(),
     };
-    for (first, path) in list_segments(&sdir)? {
+    for (first, path) in segments {
         progress.segment();
         if first < start {
             report.warnings.push(Warning::BeforeCheckpoint { path });

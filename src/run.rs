@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use bizra_dataflows::dead_letter::ErrorKind;
 use bizra_dataflows::ethics::Severity;
 use bizra_dataflows::operators::commit::Output;
-use bizra_dataflows::operators::episodes::episodes;
+use bizra_dataflows::operators::episodes::with_episodes;
 use bizra_dataflows::operators::{wall_ms, Structure};
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
 use bizra_dataflows::verdict::Decision;
@@ -419,9 +419,14 @@ pub fn run(
                 tel.borrow_mut().output(&o);
                 o
             });
-            if let Some(a) = &archive {
-                archive_sink(episodes(out.clone()), a.clone()).probe_with(&probe);
-            }
+            let out = match &archive {
+                Some(a) => {
+                    let (out, episodes) = with_episodes(out);
+                    archive_sink(episodes, a.clone()).probe_with(&probe);
+                    out
+                }
+                None => out,
+            };
             if multi {
                 // With several processes every line goes to a worker of process 0, which
                 // writes; lines are encoded where they were made to spread the work.

@@ -154,7 +154,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use bizra_dataflows::operators::episodes::episodes;
+use bizra_dataflows::operators::episodes::with_episodes;
 use bizra_dataflows::operators::Structure;
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
 use rdkafka::consumer::CommitMode;
@@ -287,9 +287,14 @@ fn worker_loop(
             tel.borrow_mut().output(&o);
             o
         });
-        if let Some(a) = &archive {
-            archive_sink(episodes(out.clone()), a.clone()).probe_with(&probe);
-        }
+        let out = match &archive {
+            Some(a) => {
+                let (out, episodes) = with_episodes(out);
+                archive_sink(episodes, a.clone()).probe_with(&probe);
+                out
+            }
+            None => out,
+        };
         sink::sink(out, outbox.clone()).probe_with(&probe);
     });
 

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
@@ -32,40 +33,53 @@ impl Gathering {
     }
 }
 
-/// One episode per sealed batch of `outputs`, at the time of the output that completed it.
-pub fn episodes<'s>(outputs: StreamVec<'s, u64, Output>) -> StreamVec<'s, u64, Episode> {
-    outputs.unary::<CapacityContainerBuilder<Vec<Episode>>, _, _, _>(Pipeline, "episodes", |_, _| {
-        // (shard, seq) → what has passed of that batch.
-        let mut open: HashMap<(u32, u64), Gathering> = HashMap::new();
-        move |input, output| {
-            input.for_each(|cap, data| {
-                let mut session = output.session(&cap);
-                for o in data.iter() {
-                    let (key, g) = match o {
-                        Output::Verdict(v) => {
-                            let key = (v.batch.shard, v.batch.seq);
-                            let g = open.entry(key).or_default();
-                            let r = EpisodeRecord::from_verdict(v, &mut g.conditions);
-                            g.records.push(r);
-                            (key, g)
+/// Passes `outputs` on unchanged and, beside them, one episode per sealed batch, at the time
+/// of the output that completed it. The records are built from each verdict by reference as
+/// it passes, so the verdicts are not copied (a second consumer of `outputs` would get a deep
+/// copy of every verdict from timely).
+#[allow(clippy::type_complexity)]
+pub fn with_episodes<'s>(
+    outputs: StreamVec<'s, u64, Output>,
+) -> (StreamVec<'s, u64, Output>, StreamVec<'s, u64, Episode>) {
+    outputs
+        .unary::<CapacityContainerBuilder<Vec<Result<Output, Episode>>>, _, _, _>(
+            Pipeline,
+            "episodes",
+            |_, _| {
+                // (shard, seq) → what has passed of that batch.
+                let mut open: HashMap<(u32, u64), Gathering> = HashMap::new();
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let mut session = output.session(&cap);
+                        for o in data.drain(..) {
+                            let done = match &o {
+                                Output::Verdict(v) => {
+                                    let key = (v.batch.shard, v.batch.seq);
+                                    let g = open.entry(key).or_default();
+                                    let r = EpisodeRecord::from_verdict(v, &mut g.conditions);
+                                    g.records.push(r);
+                                    g.complete().then_some(key)
+                                }
+                                Output::Commitment(c) => {
+                                    let key = (c.shard, c.seq);
+                                    let g = open.entry(key).or_default();
+                                    g.commitment = Some(c.clone());
+                                    g.complete().then_some(key)
+                                }
+                                Output::DeadLetter(_) => None,
+                            };
+                            session.give(Ok(o));
+                            if let Some(key) = done {
+                                let g = open.remove(&key).expect("present");
+                                let c = g.commitment.expect("complete");
+                                session.give(Err(Episode::new(&c, g.conditions, g.records)));
+                            }
                         }
-                        Output::Commitment(c) => {
-                            let key = (c.shard, c.seq);
-                            let g = open.entry(key).or_default();
-                            g.commitment = Some(c.clone());
-                            (key, g)
-                        }
-                        Output::DeadLetter(_) => continue,
-                    };
-                    if g.complete() {
-                        let g = open.remove(&key).expect("present");
-                        let c = g.commitment.expect("complete");
-                        session.give(Episode::new(&c, g.conditions, g.records));
-                    }
+                    });
                 }
-            });
-        }
-    })
+            },
+        )
+        .ok_err(|r| r)
 }
 
 #[cfg(test)]
@@ -117,8 +131,10 @@ mod tests {
             let mut input = worker.dataflow::<u64, _, _>(|scope| {
                 let (handle, raw) = scope.new_input();
                 let out = pipeline::build(raw, &config(), None);
+                // Count what passes through, so that the test also shows nothing is lost.
+                let (out, episodes) = with_episodes(out);
                 let counts = sink.clone();
-                out.clone().inspect(move |o| {
+                out.inspect(move |o| {
                     let mut g = counts.lock().unwrap();
                     match o {
                         Output::Verdict(_) => g.1 += 1,
@@ -127,7 +143,7 @@ mod tests {
                     }
                 });
                 let eps = sink.clone();
-                episodes(out.clone()).inspect(move |e| eps.lock().unwrap().0.push(e.clone()));
+                episodes.inspect(move |e| eps.lock().unwrap().0.push(e.clone()));
                 handle
             });
             if worker.index() == 0 {
@@ -141,6 +157,7 @@ mod tests {
         })
         .unwrap();
         let (eps, verdicts, commitments) = Arc::try_unwrap(got).unwrap().into_inner().unwrap();
+        assert_eq!(verdicts, 500, "every verdict passes through");
         assert_eq!(eps.len(), commitments);
         assert!(eps.len() > 3, "several batches");
         assert_eq!(eps.iter().map(|e| e.records.len()).sum::<usize>(), verdicts);

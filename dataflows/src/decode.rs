@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::dead_letter::{DecodeError, ErrorKind};
-use crate::observation::{EthicsContext, Observation, SignatureRef, Urgency};
+use crate::observation::{EthicsContext, Observation, SignatureRef, Text, Urgency};
 
 /// Size limits applied while decoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,11 +168,11 @@ struct Typed<'a> {
 
 #[derive(Deserialize, Default)]
 struct TypedContext {
-    stakeholders: Option<Vec<String>>,
-    affected: Option<Vec<String>>,
+    stakeholders: Option<Vec<Text>>,
+    affected: Option<Vec<Text>>,
     domain: Option<String>,
-    potential_benefits: Option<Vec<String>>,
-    potential_harms: Option<Vec<String>>,
+    potential_benefits: Option<Vec<Text>>,
+    potential_harms: Option<Vec<Text>>,
     reversibility: Option<f64>,
     intended_outcome: Option<String>,
     constraints: Option<MapLen>,
@@ -388,7 +388,7 @@ fn payload_digest(
     }
 }
 
-fn string_list(raw: Option<&RawValue>, name: &str) -> Result<Option<Vec<String>>, DecodeError> {
+fn string_list(raw: Option<&RawValue>, name: &str) -> Result<Option<Vec<Text>>, DecodeError> {
     opt(raw, name, "an array of strings")
 }
 

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::observation::EthicsContext;
+use crate::observation::{EthicsContext, Text};
 use crate::policy::{EthicsPolicy, SeverityThresholds};
 
 /// How serious the ethical concerns are, best first.
@@ -186,12 +186,12 @@ const UNIVERSAL_CULTURE: &str = "universal";
 /// A list of strings, either from the context or a built-in default, without copying.
 #[derive(Clone, Copy)]
 enum Strs<'a> {
-    Given(&'a [String]),
+    Given(&'a [Text]),
     Default(&'static [&'static str]),
 }
 
 impl<'a> Strs<'a> {
-    fn given_or(given: &'a Option<Vec<String>>, default: &'static [&'static str]) -> Strs<'a> {
+    fn given_or(given: &'a Option<Vec<Text>>, default: &'static [&'static str]) -> Strs<'a> {
         match given {
             Some(v) => Strs::Given(v),
             None => Strs::Default(default),
@@ -210,11 +210,11 @@ impl<'a> Strs<'a> {
     }
 
     fn iter(self) -> impl Iterator<Item = &'a str> + Clone {
-        let (given, default): (&'a [String], &'static [&'static str]) = match self {
+        let (given, default): (&'a [Text], &'static [&'static str]) = match self {
             Strs::Given(v) => (v, &[]),
             Strs::Default(v) => (&[], v),
         };
-        given.iter().map(String::as_str).chain(default.iter().copied())
+        given.iter().map(Text::as_str).chain(default.iter().copied())
     }
 }
 
@@ -595,8 +595,8 @@ mod tests {
         Policy::reference().ethics
     }
 
-    fn strings(v: &[&str]) -> Option<Vec<String>> {
-        Some(v.iter().map(|s| s.to_string()).collect())
+    fn strings(v: &[&str]) -> Option<Vec<Text>> {
+        Some(v.iter().map(|&s| s.into()).collect())
     }
 
     #[test]
@@ -647,12 +647,12 @@ mod tests {
     #[test]
     fn conditions_count_per_severity() {
         let p = policy();
-        let harms = |n: usize| Some(vec!["Data loss".to_string(); n]);
+        let harms = |n: usize| Some(vec![Text::from("Data loss"); n]);
 
         // Reversible, well-informed, widely beneficial: every framework agrees it is good.
         let exemplary = EthicsContext {
             stakeholders: strings(&["a", "b", "c", "d", "e"]),
-            affected: Some((0..10).map(|i| format!("p{i}")).collect()),
+            affected: Some((0..10).map(|i| compact_str::format_compact!("p{i}")).collect()),
             potential_benefits: strings(&["x", "y", "z"]),
             potential_harms: strings(&["minor delay"]),
             reversibility: Some(1.0),
@@ -720,7 +720,7 @@ mod tests {
     #[test]
     fn overall_is_not_clamped() {
         let ctx = EthicsContext {
-            potential_harms: Some(vec!["harm".to_string(); 500]),
+            potential_harms: Some(vec![Text::from("harm"); 500]),
             ..EthicsContext::default()
         };
         assert!(evaluate(&ctx, 0.9, &policy()).overall < -1.0);

@@ -57,17 +57,21 @@ mod serde_sig {
     }
 }
 
+/// A context string: up to 24 bytes are stored inline, so the short texts that fill context
+/// lists cost no heap allocation each.
+pub type Text = compact_str::CompactString;
+
 /// The ethics inputs an observation may carry in `context` (SPEC §2.4). `None` means the key
 /// was absent (the stage applies its default); `Some` is used as given, even when empty.
 /// Only what the formulas read is kept: for `constraints` and `history` that is whether
 /// they are non-empty.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EthicsContext {
-    pub stakeholders: Option<Vec<String>>,
-    pub affected: Option<Vec<String>>,
+    pub stakeholders: Option<Vec<Text>>,
+    pub affected: Option<Vec<Text>>,
     pub domain: Option<String>,
-    pub potential_benefits: Option<Vec<String>>,
-    pub potential_harms: Option<Vec<String>>,
+    pub potential_benefits: Option<Vec<Text>>,
+    pub potential_harms: Option<Vec<Text>>,
     pub reversibility: Option<f64>,
     pub intended_outcome: Option<String>,
     /// `Some(true)` when `constraints` is a non-empty object.

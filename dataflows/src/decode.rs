@@ -158,8 +158,8 @@ struct Typed<'a> {
     features: Option<Vec<f64>>,
     #[serde(borrow)]
     timestamp: Option<Cow<'a, str>>,
-    source: Option<String>,
-    attestation: Option<String>,
+    source: Option<Text>,
+    attestation: Option<Text>,
     #[serde(borrow)]
     digest: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -170,7 +170,7 @@ struct Typed<'a> {
 struct TypedContext {
     stakeholders: Option<Vec<Text>>,
     affected: Option<Vec<Text>>,
-    domain: Option<String>,
+    domain: Option<Text>,
     potential_benefits: Option<Vec<Text>>,
     potential_harms: Option<Vec<Text>>,
     reversibility: Option<f64>,
@@ -313,7 +313,7 @@ fn validate(t: Typed, limits: &Limits) -> Result<Observation, DecodeError> {
     let signature = t.signature.map(check_signature).transpose()?;
 
     Ok(Observation {
-        id: id.into_owned(),
+        id: id.into(),
         payload_sha256,
         urgency,
         context,

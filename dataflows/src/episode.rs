@@ -163,7 +163,7 @@ impl EpisodeRecord {
     /// The compact record of `v`, its conditions interned in `conditions`.
     pub fn from_verdict(v: &Verdict, conditions: &mut Conditions) -> EpisodeRecord {
         EpisodeRecord {
-            id: v.id.clone(),
+            id: v.id.to_string(),
             input: v.input.clone(),
             payload_digest: v.payload_digest.clone(),
             tier: v.verification.tier,

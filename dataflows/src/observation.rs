@@ -69,7 +69,7 @@ pub type Text = compact_str::CompactString;
 pub struct EthicsContext {
     pub stakeholders: Option<Vec<Text>>,
     pub affected: Option<Vec<Text>>,
-    pub domain: Option<String>,
+    pub domain: Option<Text>,
     pub potential_benefits: Option<Vec<Text>>,
     pub potential_harms: Option<Vec<Text>>,
     pub reversibility: Option<f64>,
@@ -86,7 +86,7 @@ pub struct EthicsContext {
 /// so dropping the bytes right after decoding keeps held batches small.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
-    pub id: String,
+    pub id: Text,
     /// SHA-256 of the payload (`data` bytes or decoded `data_b64`).
     pub payload_sha256: [u8; 32],
     pub urgency: Urgency,
@@ -95,8 +95,8 @@ pub struct Observation {
     pub features: Option<Vec<f64>>,
     /// Event time from `timestamp`, milliseconds since the Unix epoch.
     pub timestamp_ms: Option<i64>,
-    pub source: Option<String>,
-    pub attestation: Option<String>,
+    pub source: Option<Text>,
+    pub attestation: Option<Text>,
     /// Claimed SHA-256 of the payload (`sha256:<hex>`), checked by verification.
     pub digest: Option<[u8; 32]>,
     pub signature: Option<SignatureRef>,

@@ -74,6 +74,7 @@ use timely::dataflow::{ProbeHandle, StreamVec};
 use timely::worker::Worker;
 
 use crate::ethics::Severity;
+use crate::observation::Text;
 use crate::verdict::{Decision, Verdict};
 use crate::verification::Tier;
 
@@ -142,12 +143,12 @@ impl StatsConfig {
     }
 
     /// The bounded label of a verdict's domain.
-    fn label(&self, domain: Option<&str>) -> String {
+    fn label(&self, domain: Option<&str>) -> Text {
         let domain = domain.unwrap_or(DEFAULT_DOMAIN);
         if self.domains.iter().any(|d| d == domain) {
-            domain.to_string()
+            domain.into()
         } else {
-            OTHER_DOMAIN.to_string()
+            OTHER_DOMAIN.into()
         }
     }
 }
@@ -158,7 +159,7 @@ pub struct Sample {
     /// Event time in ms; a negative verdict event time counts as 0.
     pub event_ms: u64,
     /// The bounded domain label (see [`Sample::from_verdict`]).
-    pub domain: String,
+    pub domain: Text,
     pub tier: Tier,
     pub severity: Severity,
     pub decision: Decision,
@@ -187,7 +188,7 @@ impl Sample {
 }
 
 /// What windows are grouped by: (domain, tier, severity).
-pub type Key = (String, Tier, Severity);
+pub type Key = (Text, Tier, Severity);
 
 /// Upper bound of latency bucket 0 (ms).
 pub const LATENCY_MIN_MS: f64 = 0.01;
@@ -367,7 +368,7 @@ impl WindowStats {
         WindowStats {
             window_start_ms: end_ms as i64 - window_ms as i64,
             window_end_ms: end_ms as i64,
-            domain: key.0.clone(),
+            domain: key.0.to_string(),
             tier: key.1,
             severity: key.2,
             count: n(agg.count),
@@ -739,7 +740,7 @@ mod tests {
                 records.push(WindowStats {
                     window_start_ms: end as i64 - window as i64,
                     window_end_ms: end as i64,
-                    domain,
+                    domain: domain.to_string(),
                     tier,
                     severity,
                     count: n as u64,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::convergence::Convergence;
 use crate::ethics::{self, EthicsVerdict, Severity};
-use crate::observation::InputRef;
+use crate::observation::{InputRef, Text};
 use crate::policy::Policy;
 use crate::record::{Assessed, Checked};
 use crate::snr::{self, Snr};
@@ -58,9 +58,9 @@ pub struct Proof {
 /// One verdict per valid observation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
-    pub id: String,
+    pub id: Text,
     pub input: Option<InputRef>,
-    pub policy_version: String,
+    pub policy_version: Text,
     pub decision: Decision,
     pub permitted: bool,
     pub convergence: Convergence,
@@ -85,7 +85,7 @@ pub struct Verdict {
     pub event_ms: i64,
     /// `context.domain` of the observation, if any: keys the window statistics; not on the wire.
     #[serde(skip)]
-    pub domain: Option<String>,
+    pub domain: Option<Text>,
     /// The observation's `features`, kept for the episode archive's similarity recall; not on
     /// the wire.
     #[serde(skip)]
@@ -149,7 +149,7 @@ pub fn assess(c: Checked, policy: &Policy, policy_version: &str) -> Assessed {
     let verdict = Box::new(Verdict {
         id,
         input: scored.decoded.origin.input.take(),
-        policy_version: policy_version.to_owned(),
+        policy_version: policy_version.into(),
         decision: Decision::of(permitted, ethics.severity),
         permitted,
         convergence: conv,

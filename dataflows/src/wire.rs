@@ -311,7 +311,7 @@ mod tests {
     ) -> Verdict {
         let f = |i: usize| xs[i % xs.len()];
         Verdict {
-            id,
+            id: id.into(),
             input: topic.map(|topic| InputRef {
                 topic,
                 partition: (n % 97) as i32 - 3,

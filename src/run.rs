@@ -17,7 +17,6 @@ use anyhow::{bail, Context};
 use bizra_dataflows::dead_letter::ErrorKind;
 use bizra_dataflows::ethics::Severity;
 use bizra_dataflows::operators::commit::Output;
-use bizra_dataflows::operators::episodes::with_episodes;
 use bizra_dataflows::operators::{wall_ms, Structure};
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
 use bizra_dataflows::verdict::Decision;
@@ -29,7 +28,7 @@ use timely::dataflow::operators::Exchange;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
 
-use crate::archive::{archive_sink, ArchiveOutbox, Lanes};
+use crate::archive::{archived, ArchiveOutbox, Lanes};
 use crate::config::PipelineSettings;
 use crate::gen::Generator;
 use crate::io::{spawn_reader, spawn_writer, ChunkReceiver, InputSpec, OutputSpec};
@@ -419,14 +418,7 @@ pub fn run(
                 tel.borrow_mut().output(&o);
                 o
             });
-            let out = match &archive {
-                Some(a) => {
-                    let (out, episodes) = with_episodes(out);
-                    archive_sink(episodes, a.clone()).probe_with(&probe);
-                    out
-                }
-                None => out,
-            };
+            let out = archived(out, archive.as_ref(), &probe);
             if multi {
                 // With several processes every line goes to a worker of process 0, which
                 // writes; lines are encoded where they were made to spread the work.

@@ -56,7 +56,7 @@
 //! - `verify`: replaying every chain into a [`VerifyReport`].
 //! - `read`: iterating over stored episodes ([`episodes`]) and finding an id ([`find`]).
 //! - `sink`: the timely operator that submits a worker's episodes and holds their ticks until
-//!   they are written ([`archive_sink`]).
+//!   they are written ([`archived`]).
 //!
 //! [`Episode`]: bizra_dataflows::episode::Episode
 //! [`Episode::canonical`]: bizra_dataflows::episode::Episode::canonical
@@ -81,7 +81,7 @@ mod verify;
 mod writer;
 
 pub use read::{episodes, find, Episodes, Stored};
-pub use sink::{archive_sink, ArchiveOutbox};
+pub use sink::{archived, ArchiveOutbox};
 pub use verify::{verify, Break, Problem, ShardReport, VerifyReport, Warning};
 pub use writer::{Ack, ArchiveHandle, ArchiveStats, ArchiveWriter, Lane};
 

@@ -9,8 +9,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use bizra_dataflows::episode::Episode;
+use bizra_dataflows::operators::commit::Output;
+use bizra_dataflows::operators::episodes::with_episodes;
 use bizra_dataflows::operators::held::{held, Acknowledged};
-use timely::dataflow::StreamVec;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{ProbeHandle, StreamVec};
 use timely::scheduling::Activator;
 
 use super::Lane;
@@ -102,14 +105,21 @@ impl Acknowledged<Episode> for ArchiveOutbox {
     }
 }
 
-/// Submits every episode of `stream` to the archive (through [`ArchiveOutbox::pump`], which
-/// the worker loop calls), holding each tick's capability until all of its episodes are
-/// written.
-pub fn archive_sink<'s>(
-    stream: StreamVec<'s, u64, Episode>,
-    outbox: Rc<RefCell<ArchiveOutbox>>,
-) -> StreamVec<'s, u64, ()> {
-    held(stream, "archive-sink", outbox)
+/// Archives the episodes of `outputs` when `outbox` is given, and passes the outputs on.
+/// Each episode is submitted to the archive (through [`ArchiveOutbox::pump`], which the worker
+/// loop calls), and each tick's capability is held until all of its episodes are written; the
+/// sink joins `probe`, so the probe's frontier waits for the archive too.
+pub fn archived<'s>(
+    outputs: StreamVec<'s, u64, Output>,
+    outbox: Option<&Rc<RefCell<ArchiveOutbox>>>,
+    probe: &ProbeHandle<u64>,
+) -> StreamVec<'s, u64, Output> {
+    let Some(outbox) = outbox else {
+        return outputs;
+    };
+    let (outputs, episodes) = with_episodes(outputs);
+    held(episodes, "archive-sink", outbox.clone()).probe_with(probe);
+    outputs
 }
 
 #[cfg(test)]

@@ -154,7 +154,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use bizra_dataflows::operators::episodes::with_episodes;
 use bizra_dataflows::operators::Structure;
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
 use rdkafka::consumer::CommitMode;
@@ -162,7 +161,7 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
-use crate::archive::{archive_sink, ArchiveOutbox, Lanes};
+use crate::archive::{archived, ArchiveOutbox, Lanes};
 use crate::run::{Cluster, Services, Summary};
 use crate::telemetry::{Ready, Telemetry, WorkerTelemetry};
 use breaker::Breaker;
@@ -287,14 +286,7 @@ fn worker_loop(
             tel.borrow_mut().output(&o);
             o
         });
-        let out = match &archive {
-            Some(a) => {
-                let (out, episodes) = with_episodes(out);
-                archive_sink(episodes, a.clone()).probe_with(&probe);
-                out
-            }
-            None => out,
-        };
+        let out = archived(out, archive.as_ref(), &probe);
         sink::sink(out, outbox.clone()).probe_with(&probe);
     });
 

@@ -57,8 +57,8 @@ mod serde_sig {
     }
 }
 
-/// A context string: up to 24 bytes are stored inline, so the short texts that fill context
-/// lists cost no heap allocation each.
+/// A short text (an id, a context list element, a domain, a label): up to 24 bytes are stored
+/// inline, so the usual values cost no heap allocation; longer ones live on the heap.
 pub type Text = compact_str::CompactString;
 
 /// The ethics inputs an observation may carry in `context` (SPEC §2.4). `None` means the key

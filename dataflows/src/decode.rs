@@ -174,10 +174,10 @@ struct TypedContext {
     potential_benefits: Option<Vec<Text>>,
     potential_harms: Option<Vec<Text>>,
     reversibility: Option<f64>,
-    intended_outcome: Option<String>,
+    intended_outcome: Option<Text>,
     constraints: Option<MapLen>,
     history: Option<SeqLen>,
-    cultural_context: Option<String>,
+    cultural_context: Option<Text>,
     hidden_agenda: Option<bool>,
 }
 

@@ -768,8 +768,8 @@ mod tests {
             stakeholders: Some(vec![]),
             affected: Some(vec![]),
             potential_benefits: Some(vec![]),
-            intended_outcome: Some(String::new()),
-            cultural_context: Some(String::new()),
+            intended_outcome: Some(Text::default()),
+            cultural_context: Some(Text::default()),
             ..EthicsContext::default()
         };
         let v = evaluate(&empty, 0.9, &p);

@@ -73,12 +73,12 @@ pub struct EthicsContext {
     pub potential_benefits: Option<Vec<Text>>,
     pub potential_harms: Option<Vec<Text>>,
     pub reversibility: Option<f64>,
-    pub intended_outcome: Option<String>,
+    pub intended_outcome: Option<Text>,
     /// `Some(true)` when `constraints` is a non-empty object.
     pub constraints_nonempty: Option<bool>,
     /// `Some(true)` when `history` is a non-empty array.
     pub history_nonempty: Option<bool>,
-    pub cultural_context: Option<String>,
+    pub cultural_context: Option<Text>,
     pub hidden_agenda: Option<bool>,
 }
 

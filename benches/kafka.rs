@@ -464,7 +464,6 @@ fn median(xs: &mut [f64]) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// Waits until `group` has committed offsets summing to `n` over the partitions of `topic`.
 /// Waits until `group` has committed `n` offsets of `bench.in`; fails at once if `run`, the
 /// bizra that commits them, exits first (e.g. on a bad argument).
 fn wait_committed(addr: &str, group: &str, run: &mut Child, n: usize, timeout: Duration) {

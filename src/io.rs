@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use bizra_dataflows::observation::InputRef;
+use bizra_dataflows::observation::{InputRef, Text};
 use bizra_dataflows::operators::wall_ms;
 use bizra_dataflows::pipeline::RawRecord;
 
@@ -30,10 +30,10 @@ impl InputSpec {
     }
 
     /// The `input.topic` of records read from here.
-    pub fn topic(&self) -> String {
+    pub fn topic(&self) -> Text {
         match self {
             InputSpec::Stdin => "stdin".into(),
-            InputSpec::File(p) => p.display().to_string(),
+            InputSpec::File(p) => p.display().to_string().into(),
         }
     }
 }

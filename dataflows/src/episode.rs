@@ -115,7 +115,7 @@ impl<'de> Deserialize<'de> for EpisodeRecord {
         Ok(EpisodeRecord {
             id: r.0,
             input: r.1.map(|(topic, partition, offset)| InputRef {
-                topic,
+                topic: topic.into(),
                 partition,
                 offset,
             }),
@@ -401,7 +401,7 @@ impl EpisodeRecord {
         let input = match r.flag("input")? {
             false => None,
             true => Some(InputRef {
-                topic: r.str("input topic")?,
+                topic: r.str("input topic")?.into(),
                 partition: i32::from_le_bytes(r.array("input partition")?),
                 offset: i64::from_le_bytes(r.array("input offset")?),
             }),
@@ -952,7 +952,7 @@ mod tests {
                 EpisodeRecord {
                     id,
                     input: input.map(|(topic, partition, offset)| InputRef {
-                        topic,
+                        topic: topic.into(),
                         partition,
                         offset,
                     }),

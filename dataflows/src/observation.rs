@@ -106,7 +106,8 @@ pub struct Observation {
 /// (topic = source name, partition 0, offset = record index).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InputRef {
-    pub topic: String,
+    /// Inline for names of up to 24 bytes, so the copy every record carries is no allocation.
+    pub topic: Text,
     pub partition: i32,
     pub offset: i64,
 }

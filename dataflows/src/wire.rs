@@ -313,7 +313,7 @@ mod tests {
         Verdict {
             id: id.into(),
             input: topic.map(|topic| InputRef {
-                topic,
+                topic: topic.into(),
                 partition: (n % 97) as i32 - 3,
                 offset: n as i64 - 7,
             }),

@@ -115,7 +115,7 @@ pub struct Outbox {
 /// The provenance headers of a dead letter (SPEC §1.4).
 fn dead_letter_headers(d: &DeadLetter) -> OwnedHeaders {
     let (t, p, off) = match &d.input {
-        Some(i) => (i.topic.clone(), i.partition.to_string(), i.offset.to_string()),
+        Some(i) => (i.topic.to_string(), i.partition.to_string(), i.offset.to_string()),
         None => (String::new(), String::new(), String::new()),
     };
     [

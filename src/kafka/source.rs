@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bizra_dataflows::dead_letter::RAW_KEEP_BYTES;
-use bizra_dataflows::observation::InputRef;
+use bizra_dataflows::observation::{InputRef, Text};
 use bizra_dataflows::operators::wall_ms;
 use bizra_dataflows::pipeline::RawRecord;
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -95,7 +95,7 @@ impl ConsumerContext for LagContext {}
 pub struct Source {
     consumer: Arc<BaseConsumer<LagContext>>,
     queues: Vec<(i32, PartitionQueue<LagContext>)>,
-    topic: Arc<str>,
+    topic: Text,
     max_message_bytes: usize,
     next: usize,
 }
@@ -188,7 +188,7 @@ impl Source {
                     out(RawRecord {
                         bytes: kept.to_vec(),
                         input: Some(InputRef {
-                            topic: String::from(&*self.topic),
+                            topic: self.topic.clone(),
                             partition: *p,
                             offset: m.offset(),
                         }),

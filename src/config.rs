@@ -150,18 +150,22 @@ impl Config {
 
     /// Defaults overridden by the keys of `path`, if given.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut value: toml::Value = toml::from_str(DEFAULT_TOML).expect("embedded default config is valid");
-        if let Some(path) = path {
-            let text = read(path)?;
-            let over: toml::Value = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
-            merge(&mut value, over);
-            let cfg: Config = value
-                .try_into()
-                .map_err(|e: toml::de::Error| invalid(path, e.to_string()))?;
-            cfg.validate().map_err(|m| invalid(path, m))?;
-            return Ok(cfg);
+        match path {
+            Some(path) => Config::parse(&read(path)?, path),
+            None => Ok(Config::default_config()),
         }
-        Ok(value.try_into().expect("embedded default config is valid"))
+    }
+
+    /// Defaults overridden by the keys of `text`, the contents of `path` (which errors name).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(DEFAULT_TOML).expect("embedded default config is valid");
+        let over: toml::Value = toml::from_str(text).map_err(|e| invalid(path, e.to_string()))?;
+        merge(&mut value, over);
+        let cfg: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(path, e.to_string()))?;
+        cfg.validate().map_err(|m| invalid(path, m))?;
+        Ok(cfg)
     }
 
     /// Range checks serde cannot express.
@@ -215,8 +219,12 @@ struct KeyringFile {
 
 /// Loads a keyring file: `[keys]` then `<key_id> = "<base64 public key>"` lines.
 pub fn load_keyring(path: &Path) -> Result<Keyring, ConfigError> {
-    let text = read(path)?;
-    let file: KeyringFile = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
+    parse_keyring(&read(path)?, path)
+}
+
+/// Parses the text of a keyring file (`path` is for the errors).
+pub fn parse_keyring(text: &str, path: &Path) -> Result<Keyring, ConfigError> {
+    let file: KeyringFile = toml::from_str(text).map_err(|e| invalid(path, e.to_string()))?;
     Keyring::from_entries(file.keys).map_err(|e| invalid(path, e.to_string()))
 }
 

@@ -10,7 +10,6 @@ use bizra::config::Config;
 use bizra::gen::{GenConfig, Generator};
 use bizra::io::OutputSpec;
 use bizra::run::{run, Cluster, Outputs, Source};
-use bizra_dataflows::decode::Limits;
 use bizra_dataflows::observation::Urgency;
 use bizra_dataflows::pipeline::PipelineConfig;
 use bizra_dataflows::policy::Policy;
@@ -23,10 +22,9 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
     let mut keyring = Keyring::new();
     keyring.insert(g.key_id().to_owned(), g.key().verifying_key());
     let pipeline = PipelineConfig {
-        limits: Limits {
-            max_payload_bytes: cfg.limits.max_payload_bytes,
-        },
+        limits: cfg.limits.decode(),
         max_message_bytes: cfg.limits.max_message_bytes,
+        max_future_ms: cfg.stats.max_future_ms,
         verify: cfg.verification.clone(),
         policy: Arc::new(Policy::reference()),
         keyring: Arc::new(keyring),
@@ -54,6 +52,7 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
         cluster,
         pipeline,
         cfg.pipeline.clone(),
+        cfg.limits.max_output_bytes,
         source,
         outputs,
         bizra::run::Services {

@@ -44,6 +44,9 @@ use bizra::kafka::sink::PRODUCER_SETTINGS;
 
 #[path = "../tests/broker.rs"]
 mod broker;
+#[path = "../tests/proxy.rs"]
+#[allow(dead_code)] // the bench uses no refusing broker
+mod proxy;
 use broker::Broker;
 
 const PARTITIONS: i32 = 8;

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use bizra_dataflows::bounds;
+use bizra_dataflows::decode::Limits;
 use bizra_dataflows::explain::Style;
 use bizra_dataflows::policy::Policy;
 use bizra_dataflows::verification::signature::{self, Keyring};
@@ -43,6 +45,24 @@ pub struct LimitsConfig {
     pub max_payload_bytes: usize,
     /// Largest input record; the reader cuts longer lines and dead-letters them.
     pub max_message_bytes: usize,
+    /// Most elements of a `context` string list.
+    pub max_context_items: usize,
+    /// Largest context string, list element, `source`, `attestation` or `signature.key_id`.
+    pub max_text_bytes: usize,
+    /// Largest output record (verdict, commitment, dead letter); a verdict that would be
+    /// larger is written as an `output_too_large` dead letter instead.
+    pub max_output_bytes: usize,
+}
+
+impl LimitsConfig {
+    /// The limits the decoder applies.
+    pub fn decode(&self) -> Limits {
+        Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_context_items: self.max_context_items,
+            max_text_bytes: self.max_text_bytes,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +88,22 @@ pub struct PipelineSettings {
     pub epoch_records: usize,
     /// Epochs the source may run ahead of the written output.
     pub max_inflight_epochs: u64,
+    /// Bytes of input the sources of one process may have in flight (read, and not yet
+    /// written and acknowledged), each record counted as its length plus
+    /// [`RECORD_OVERHEAD_BYTES`]: the bound on memory that holds for any mix of record sizes.
+    pub max_inflight_bytes: usize,
+}
+
+/// What a record costs in flight beyond its bytes: its verdict (about 2 KB of JSON, more as a
+/// struct with conditions), the decoded observation and the bookkeeping. Charging it makes
+/// the byte budget also bound a stream of tiny records.
+pub const RECORD_OVERHEAD_BYTES: usize = 4096;
+
+impl PipelineSettings {
+    /// What a record of `len` bytes counts against `max_inflight_bytes`.
+    pub fn cost(len: usize) -> usize {
+        len + RECORD_OVERHEAD_BYTES
+    }
 }
 
 /// The `[output]` section: what verdicts carry beyond SPEC §1.2.
@@ -191,6 +227,7 @@ impl Config {
                 "pipeline.epoch_records and pipeline.max_inflight_epochs: expected at least 1".into(),
             );
         }
+        self.check_sizes()?;
         self.stats.validate().map_err(|m| format!("stats: {m}"))?;
         self.archive.validate().map_err(|m| format!("archive.{m}"))?;
         self.consolidate.validate().map_err(|e| e.to_string())?;
@@ -202,6 +239,50 @@ impl Config {
         Ok(())
     }
 }
+
+impl Config {
+    /// The size limits against each other: the in-flight budget holds a largest record, and
+    /// every dead letter and commitment fits the output limit (a verdict that does not is
+    /// dead-lettered; a dead letter or commitment that did not would have no way out).
+    fn check_sizes(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let p = &self.pipeline;
+        if l.max_message_bytes == 0 || l.max_payload_bytes == 0 || l.max_text_bytes == 0 {
+            return Err(
+                "limits: max_message_bytes, max_payload_bytes and max_text_bytes: expected at least 1".into(),
+            );
+        }
+        let largest = PipelineSettings::cost(l.max_message_bytes);
+        if p.max_inflight_bytes < 2 * largest {
+            return Err(format!(
+                "pipeline.max_inflight_bytes: expected at least twice the cost of a largest record (limits.max_message_bytes {} + {RECORD_OVERHEAD_BYTES}, doubled: {}), found {}",
+                l.max_message_bytes,
+                2 * largest,
+                p.max_inflight_bytes
+            ));
+        }
+        let dead_letter = bounds::dead_letter_max_bytes(MAX_TOPIC_BYTES);
+        if l.max_output_bytes < dead_letter {
+            return Err(format!(
+                "limits.max_output_bytes: expected at least {dead_letter} (the largest dead letter), found {}",
+                l.max_output_bytes
+            ));
+        }
+        let commitment = bounds::commitment_max_bytes(self.verification.batch_size);
+        if l.max_output_bytes < commitment {
+            return Err(format!(
+                "limits.max_output_bytes: expected at least {commitment} (the commitment of a batch of verification.batch_size = {} leaves), found {}",
+                self.verification.batch_size, l.max_output_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Longest input topic name an output names: Kafka's topic names have at most 249
+/// characters, and embedded mode names the input file, whose path the operator chose (a
+/// longer one is checked at start, `run`).
+pub const MAX_TOPIC_BYTES: usize = 4096;
 
 /// Loads the policy file, or the embedded reference policy.
 pub fn load_policy(path: Option<&Path>) -> Result<Policy, ConfigError> {
@@ -228,14 +309,67 @@ pub fn parse_keyring(text: &str, path: &Path) -> Result<Keyring, ConfigError> {
     Keyring::from_entries(file.keys).map_err(|e| invalid(path, e.to_string()))
 }
 
-/// Loads a node signing key written by `bizra keygen`.
+/// Loads a node signing key written by `bizra keygen`. A key file that others may read is
+/// refused, as ssh refuses a private key: the key signs every commitment, and whoever reads
+/// it can sign commitments that verify ([`check_private`] states the rule).
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, ConfigError> {
+    check_private(path)?;
     signature::signing_key_from_file_text(&read(path)?).map_err(|e| invalid(path, e.to_string()))
+}
+
+/// Refuses a secret file that anyone but its owner may read or write; a root-owned file may
+/// also be read by its group.
+pub fn check_private(path: &Path) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        // As PostgreSQL does for its TLS key: a file owned by root may be group-readable
+        // (0640, 0440), which is how a Kubernetes Secret reaches a non-root pod (fsGroup);
+        // otherwise only the owner may read it.
+        let allowed = if meta.uid() == 0 { 0o740 } else { 0o700 };
+        if mode & !allowed != 0 {
+            return Err(invalid(
+                path,
+                format!(
+                    "the key file has mode {mode:04o}, readable or writable by others than its owner; it must be readable by its owner only (chmod 600 {}), or, owned by root, by its group too (0640)",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_may_be_read_by_its_owner_and_by_the_group_of_root() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, "x").unwrap();
+        let root = std::fs::metadata(&path).unwrap().uid() == 0;
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, root),
+            (0o440, root),
+            (0o660, false),
+            (0o604, false),
+            (0o644, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(check_private(&path).is_ok(), ok, "mode {mode:o}");
+        }
+    }
 
     #[test]
     fn embedded_defaults_parse_and_match_the_verifier_defaults() {

@@ -1,5 +1,6 @@
-//! The `--data-dir` lock: one bizra process per data directory. Two processes writing the same
-//! archive shard would interleave its hash chain, and both would write `summaries.xz`.
+//! The `--data-dir` directory, created on first use, and its lock: one bizra process per data
+//! directory. Two processes writing the same archive shard would interleave its hash chain,
+//! and both would write `summaries.xz`.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
@@ -17,6 +18,7 @@ impl DataDirLock {
     /// Takes the lock of `dir` without waiting; fails with a clear error if another process
     /// holds it. The file keeps the holder's pid, for the error message of the next one.
     pub fn acquire(dir: &Path) -> anyhow::Result<DataDirLock> {
+        create(dir)?;
         let path = dir.join("lock");
         let mut file = OpenOptions::new()
             .read(true)
@@ -51,6 +53,23 @@ impl DataDirLock {
     }
 }
 
+/// Creates `dir` if it is missing, as other tools with a data directory do; its parent must
+/// exist (a typo in a path should not grow a tree of directories).
+fn create(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "created the data directory");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "cannot create the data directory {}: its parent directory does not exist",
+            dir.display()
+        ),
+        Err(e) => anyhow::bail!("cannot create the data directory {}: {e}", dir.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +87,21 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let _a = DataDirLock::acquire(dir.path()).unwrap();
         let _b = DataDirLock::acquire(other.path()).unwrap();
+    }
+
+    #[test]
+    fn a_missing_data_dir_is_created_but_not_a_missing_parent() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let lock = DataDirLock::acquire(&dir).expect("created on first use");
+        assert!(dir.is_dir() && lock.path.exists());
+        let deep = root.path().join("no/such/parent");
+        let err = DataDirLock::acquire(&deep).unwrap_err().to_string();
+        assert!(err.contains("parent directory does not exist"), "{err}");
+        assert!(!root.path().join("no").exists());
+        let file = root.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let err = DataDirLock::acquire(&file).unwrap_err().to_string();
+        assert!(err.contains("cannot create the data directory"), "{err}");
     }
 }

@@ -28,6 +28,9 @@ pub struct Ops {
     pub pubkey: String,
     /// Recently archived episodes, when the archive is on (`--data-dir`).
     pub recent: Option<Arc<crate::recall::RecentEpisodes>>,
+    /// The breaker's state gauge, read live by `/readyz` (2 = open: not ready), so that it
+    /// agrees with `bizra_kafka_circuit_breaker_state` at every moment.
+    pub circuit: std::sync::OnceLock<prometheus::IntGauge>,
 }
 
 impl Ops {
@@ -42,6 +45,7 @@ impl Ops {
             health: Mutex::new((200, r#"{"status":"healthy","reasons":[]}"#.into())),
             pubkey,
             recent,
+            circuit: std::sync::OnceLock::new(),
         })
     }
 
@@ -107,7 +111,8 @@ async fn healthz(State(ops): State<Arc<Ops>>) -> Response {
 }
 
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
-    if ops.ready.load(Ordering::Relaxed) {
+    let open = ops.circuit.get().is_some_and(|g| g.get() == 2);
+    if ops.ready.load(Ordering::Relaxed) && !open {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -161,6 +166,16 @@ mod tests {
         assert!(body.contains("bizra_test_total 7"), "{body}");
         assert_eq!(get(addr, "/readyz").0, 503);
         ops.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(addr, "/readyz").0, 200);
+        let circuit = prometheus::IntGauge::new("bizra_test_circuit", "t").unwrap();
+        ops.circuit.set(circuit.clone()).unwrap();
+        circuit.set(2);
+        assert_eq!(
+            get(addr, "/readyz").0,
+            503,
+            "an open breaker is not ready at once"
+        );
+        circuit.set(0);
         assert_eq!(get(addr, "/readyz").0, 200);
         assert_eq!(get(addr, "/pubkey"), (200, "cHVia2V5\n".into()));
         ops.set_health(503, r#"{"status":"critical"}"#.into());

@@ -44,17 +44,20 @@ pub type ChunkReceiver = Receiver<io::Result<Vec<RawRecord>>>;
 pub type Writer = (Option<SyncSender<Vec<u8>>>, Option<JoinHandle<io::Result<()>>>);
 
 /// How many chunks may wait between the reader and worker 0.
-const READ_QUEUE: usize = 4;
+pub const READ_QUEUE: usize = 4;
 /// Bytes kept of a line that exceeds the message limit (what the dead letter can carry).
 const OVERSIZE_KEEP: usize = bizra_dataflows::dead_letter::RAW_KEEP_BYTES;
 
-/// Starts the reader thread. Each chunk holds up to `chunk_records` records; a partial chunk
-/// is sent whenever the reader would otherwise wait for more input. Blank lines are skipped
-/// (they are separators, not records) but keep their line number as offset.
+/// Starts the reader thread. Each chunk holds up to `chunk_records` records and, but for a
+/// single record, up to `chunk_bytes` bytes; a partial chunk is sent whenever the reader would
+/// otherwise wait for more input. Blank lines are skipped (they are separators, not records)
+/// but keep their line number as offset. At most [`READ_QUEUE`] chunks wait for the worker,
+/// so the reader holds at most `(READ_QUEUE + 1) × chunk_bytes` plus one record.
 pub fn spawn_reader(
     spec: InputSpec,
     max_message_bytes: usize,
     chunk_records: usize,
+    chunk_bytes: usize,
 ) -> io::Result<(ChunkReceiver, JoinHandle<()>)> {
     let source: Box<dyn Read + Send> = match &spec {
         InputSpec::Stdin => Box::new(io::stdin()),
@@ -69,6 +72,7 @@ pub fn spawn_reader(
         .spawn(move || {
             let mut reader = BufReader::with_capacity(1 << 20, source);
             let mut chunk = Vec::with_capacity(chunk_records);
+            let mut bytes_in_chunk = 0;
             let mut line_no: i64 = 0;
             loop {
                 match read_line_limited(&mut reader, max_message_bytes) {
@@ -79,6 +83,7 @@ pub fn spawn_reader(
                         if bytes.iter().all(u8::is_ascii_whitespace) && total == bytes.len() {
                             continue;
                         }
+                        bytes_in_chunk += bytes.len();
                         chunk.push(RawRecord {
                             bytes,
                             input: Some(InputRef {
@@ -91,9 +96,14 @@ pub fn spawn_reader(
                             message_ms: None,
                             oversize: (total > max_message_bytes).then_some(total),
                         });
-                        let flush = chunk.len() >= chunk_records || reader.buffer().is_empty();
-                        if flush && tx.send(Ok(std::mem::take(&mut chunk))).is_err() {
-                            return;
+                        let flush = chunk.len() >= chunk_records
+                            || bytes_in_chunk >= chunk_bytes
+                            || reader.buffer().is_empty();
+                        if flush {
+                            bytes_in_chunk = 0;
+                            if tx.send(Ok(std::mem::take(&mut chunk))).is_err() {
+                                return;
+                            }
                         }
                     }
                     Err(e) => {
@@ -165,8 +175,15 @@ pub enum OutputSpec {
 /// Chunks queued per writer before workers see backpressure.
 const WRITE_QUEUE: usize = 16;
 
-/// Starts a writer thread; returns its sender (`None` for discard) and handle.
+/// Starts a writer thread; returns its sender (`None` for discard) and handle. A write that
+/// fails (a full disk, a closed stdout) is fatal: the thread ends the process naming the
+/// output and the error (see `fatal.rs`).
 pub fn spawn_writer(spec: OutputSpec) -> io::Result<Writer> {
+    let name = match &spec {
+        OutputSpec::File(p) => p.display().to_string(),
+        OutputSpec::Stdout => "stdout".into(),
+        OutputSpec::Discard | OutputSpec::Null => String::new(),
+    };
     let sink: Box<dyn Write + Send> = match &spec {
         OutputSpec::Discard => return Ok((None, None)),
         OutputSpec::Stdout => Box::new(io::stdout()),
@@ -180,10 +197,14 @@ pub fn spawn_writer(spec: OutputSpec) -> io::Result<Writer> {
         .name("bizra-writer".into())
         .spawn(move || {
             let mut w = BufWriter::with_capacity(1 << 20, sink);
-            for chunk in rx {
-                w.write_all(&chunk)?;
+            let written = rx
+                .into_iter()
+                .try_for_each(|chunk| w.write_all(&chunk))
+                .and_then(|()| w.flush());
+            if let Err(e) = written {
+                crate::fatal::halt(format_args!("writing {name}: {e}"));
             }
-            w.flush()
+            Ok(())
         })?;
     Ok((Some(tx), Some(handle)))
 }

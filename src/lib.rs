@@ -8,6 +8,10 @@
 //! - `config`: the configuration tree, embedded defaults, policy/keyring/key loading.
 //! - `consolidate`: working-memory (L2) summaries per window, their novelty and xz compression.
 //! - `data_dir`: the `--data-dir` lock (one process per data directory).
+//! - `fatal`: how a fatal error ends the process, the panic hook, and the list of which
+//!   failures are per-record, transient or fatal.
+//! - `faults`: faults the fail-fast tests inject (`BIZRA_FAULTS`).
+//! - `inflight`: the sources' byte budget (`pipeline.max_inflight_bytes`).
 //! - `gen`: the deterministic generator of realistic observations.
 //! - `io`: reader thread (JSONL → raw records) and writer threads (lines → files/stdout).
 //! - `kafka/`: Kafka mode — source, sinks, offset commits, circuit breaker.
@@ -21,9 +25,12 @@ pub mod audit_cmd;
 pub mod config;
 pub mod consolidate;
 pub mod data_dir;
+pub mod fatal;
+pub mod faults;
 pub mod gen;
 pub mod health;
 pub mod http;
+pub mod inflight;
 pub mod io;
 pub mod kafka;
 pub mod metrics;

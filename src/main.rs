@@ -13,7 +13,6 @@ use bizra::config::{self, Config, ConfigError};
 use bizra::gen::{GenConfig, Generator};
 use bizra::io::{InputSpec, OutputSpec};
 use bizra::run::{self, Cluster, Outputs, Source};
-use bizra_dataflows::decode::Limits;
 use bizra_dataflows::observation::Urgency;
 use bizra_dataflows::pipeline::PipelineConfig;
 use bizra_dataflows::verification::signature::{self, Keyring};
@@ -58,9 +57,13 @@ enum Command {
     Gen(GenArgs),
     /// Make a node signing key; prints its public key (standard base64, raw 32 bytes).
     Keygen {
-        /// Where to write the key (created with mode 0600).
+        /// Where to write the key (created with mode 0600; an existing file is kept unless
+        /// --force; a symbolic link is refused).
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
     },
     /// Read the episodic audit archive written by `bizra run --data-dir`.
     Audit {
@@ -228,7 +231,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd_run(*a),
         Command::Gen(a) => cmd_gen(a),
-        Command::Keygen { out } => cmd_keygen(&out),
+        Command::Keygen { out, force } => cmd_keygen(&out, force),
         Command::Audit { command } => cmd_audit(command),
         Command::Verify {
             verdicts,
@@ -302,9 +305,9 @@ fn cmd_gen(a: GenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_keygen(out: &Path) -> anyhow::Result<ExitCode> {
+fn cmd_keygen(out: &Path, force: bool) -> anyhow::Result<ExitCode> {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    write_secret(out, &signature::signing_key_to_file_text(&key))?;
+    write_secret(out, &signature::signing_key_to_file_text(&key), force)?;
     println!(
         "{}",
         base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes())
@@ -312,17 +315,56 @@ fn cmd_keygen(out: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Writes a secret file atomically with mode 0600: into a new temporary file beside it
+/// (created exclusively, so never through a link), then moved into place. An existing file
+/// is kept unless `force`; a symbolic link at `path` is refused either way, since writing
+/// through it would put the key wherever it points.
+fn write_secret(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
     use std::io::Write;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_symlink() {
+            anyhow::bail!(
+                "{}: is a symbolic link; refusing to write a key through it",
+                path.display()
+            );
+        }
+        if !force {
+            anyhow::bail!(
+                "{}: already exists; refusing to overwrite a key (pass --force to replace it)",
+                path.display()
+            );
+        }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(path)
+    let written = (|| -> anyhow::Result<()> {
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("{}: cannot create key file", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        if force {
+            std::fs::rename(&tmp, path)
+        } else {
+            // A hard link fails if the name appeared meanwhile: never replaces a file.
+            std::fs::hard_link(&tmp, path)
+        }
         .with_context(|| format!("{}: cannot create key file", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written
 }
 
 fn cmd_verify(verdicts: &Path, commitments: &Path, pubkey: &str) -> anyhow::Result<ExitCode> {
@@ -351,6 +393,7 @@ fn cmd_verify(verdicts: &Path, commitments: &Path, pubkey: &str) -> anyhow::Resu
 }
 
 fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    bizra::fatal::install_panic_hook();
     let cfg = Config::load(a.config.as_deref())?;
     let nonempty = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
     let policy_path = a.policy.clone().or_else(|| nonempty(&cfg.policy.path));
@@ -447,6 +490,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
                     .context("registering metrics")?,
             );
             let ops = bizra::http::Ops::new(registry, pubkey.clone(), recent.clone());
+            let _ = ops.circuit.set(metrics.circuit_state.clone());
             bizra::http::serve(addr, ops.clone())?;
             bizra::telemetry::spawn_ops_thread(
                 ops,
@@ -464,10 +508,9 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let mut run_id = [0u8; 8];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut run_id);
     let pipeline = PipelineConfig {
-        limits: Limits {
-            max_payload_bytes: cfg.limits.max_payload_bytes,
-        },
+        limits: cfg.limits.decode(),
         max_message_bytes: cfg.limits.max_message_bytes,
+        max_future_ms: cfg.stats.max_future_ms,
         verify: cfg.verification.clone(),
         policy: Arc::new(policy),
         keyring: Arc::new(keyring),
@@ -510,7 +553,15 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             stats: a.stats.clone().map_or(OutputSpec::Discard, OutputSpec::File),
         };
         started.store(true, Ordering::Relaxed);
-        run::run(cluster, pipeline, cfg.pipeline.clone(), source, outputs, services)
+        run::run(
+            cluster,
+            pipeline,
+            cfg.pipeline.clone(),
+            cfg.limits.max_output_bytes,
+            source,
+            outputs,
+            services,
+        )
     } else {
         if a.gen.is_some() || a.input != "-" || a.stats.is_some() {
             anyhow::bail!(
@@ -521,7 +572,11 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
         }
-        bizra::kafka::run(cluster, pipeline, kafka, shutdown, started, services)
+        let bounds = bizra::kafka::Bounds {
+            pacing: cfg.pipeline.clone(),
+            limits: cfg.limits.clone(),
+        };
+        bizra::kafka::run(cluster, pipeline, kafka, bounds, shutdown, started, services)
     };
     if let Some(h) = archive {
         // Every episode was acknowledged before the run ended; this finishes the segments.

@@ -39,7 +39,10 @@ pub struct Metrics {
     pub signature_checks: IntCounterVec,
     pub verify_failures: IntCounter,
     pub delivery_failures: IntCounter,
+    pub commit_failures: IntCounter,
+    pub inflight_bytes: IntGauge,
     pub late_samples: IntCounter,
+    pub future_records: IntCounter,
     pub stage_latency: HistogramVec,
     pub end_to_end_latency: Histogram,
     pub batch_size: Histogram,
@@ -125,9 +128,21 @@ impl Metrics {
                 "bizra_kafka_delivery_failures_total",
                 "Records the Kafka producer failed to deliver.",
             ))?,
+            commit_failures: IntCounter::with_opts(opts(
+                "bizra_kafka_commit_failures_total",
+                "Offset commits the broker did not confirm (each is retried with back-off).",
+            ))?,
+            inflight_bytes: IntGauge::with_opts(opts(
+                "bizra_pipeline_inflight_bytes",
+                "Input bytes read and not yet fully written, each record counted with its 4 KiB overhead (bounded by pipeline.max_inflight_bytes).",
+            ))?,
             late_samples: IntCounter::with_opts(opts(
                 "bizra_stats_late_samples_total",
                 "Verdicts too late for their window statistics (event time behind the watermark).",
+            ))?,
+            future_records: IntCounter::with_opts(opts(
+                "bizra_stats_future_records_total",
+                "Verdicts whose claimed event time was more than stats.max_future_ms past their ingest time: windowed at ingest time, kept out of the watermark.",
             ))?,
             stage_latency: HistogramVec::new(
                 hist(
@@ -305,6 +320,9 @@ impl Metrics {
         r.register(Box::new(self.verify_failures.clone()))?;
         r.register(Box::new(self.delivery_failures.clone()))?;
         r.register(Box::new(self.late_samples.clone()))?;
+        r.register(Box::new(self.future_records.clone()))?;
+        r.register(Box::new(self.commit_failures.clone()))?;
+        r.register(Box::new(self.inflight_bytes.clone()))?;
         r.register(Box::new(self.stage_latency.clone()))?;
         r.register(Box::new(self.end_to_end_latency.clone()))?;
         r.register(Box::new(self.batch_size.clone()))?;

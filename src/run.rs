@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bizra_dataflows::bounds;
 use bizra_dataflows::dead_letter::ErrorKind;
 use bizra_dataflows::ethics::Severity;
 use bizra_dataflows::operators::commit::Output;
@@ -21,6 +22,7 @@ use bizra_dataflows::operators::{wall_ms, Structure};
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
 use bizra_dataflows::verdict::Decision;
 use bizra_dataflows::verification::Tier;
+use bizra_dataflows::wire::write_output;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
@@ -31,6 +33,7 @@ use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
 use crate::archive::{archived, ArchiveOutbox, Lanes};
 use crate::config::PipelineSettings;
 use crate::gen::Generator;
+use crate::inflight::Inflight;
 use crate::io::{spawn_reader, spawn_writer, ChunkReceiver, InputSpec, OutputSpec};
 use crate::telemetry::{Telemetry, WorkerTelemetry};
 use bizra_dataflows::stats::WindowStats;
@@ -112,7 +115,7 @@ pub struct Summary {
     pub severities: [u64; 5],
     pub tiers: [u64; 3],
     pub invalid: u64,
-    pub dead_letters: [u64; 6],
+    pub dead_letters: [u64; ErrorKind::ALL.len()],
     pub commitments: u64,
     pub elapsed: Duration,
 }
@@ -147,16 +150,30 @@ impl Summary {
     }
 
     pub(crate) fn count(&mut self, o: &Output) {
+        self.add_output(o, 1);
+    }
+
+    /// Takes back the count of an output its sink refused after counting it (the dead
+    /// letter that replaces it is counted instead).
+    pub(crate) fn uncount(&mut self, o: &Output) {
+        self.add_output(o, u64::MAX);
+    }
+
+    /// Adds `n` (`u64::MAX` subtracts one, by wrapping) to the counts of `o`.
+    fn add_output(&mut self, o: &Output, n: u64) {
+        let add = |c: &mut u64| *c = c.wrapping_add(n);
         match o {
             Output::Verdict(v) => {
-                self.verdicts += 1;
-                self.decisions[v.decision as usize] += 1;
-                self.severities[v.ethics.severity as usize] += 1;
-                self.tiers[v.verification.tier as usize] += 1;
-                self.invalid += u64::from(!v.verification.valid);
+                add(&mut self.verdicts);
+                add(&mut self.decisions[v.decision as usize]);
+                add(&mut self.severities[v.ethics.severity as usize]);
+                add(&mut self.tiers[v.verification.tier as usize]);
+                if !v.verification.valid {
+                    add(&mut self.invalid);
+                }
             }
-            Output::Commitment(_) => self.commitments += 1,
-            Output::DeadLetter(d) => self.dead_letters[d.error as usize] += 1,
+            Output::Commitment(_) => add(&mut self.commitments),
+            Output::DeadLetter(d) => add(&mut self.dead_letters[d.error as usize]),
         }
     }
 
@@ -236,6 +253,9 @@ struct Outbox {
     senders: [Option<SyncSender<Vec<u8>>>; 4],
     bufs: [Vec<u8>; 4],
     queued: VecDeque<(u8, Vec<u8>)>,
+    /// `limits.max_output_bytes`: a longer verdict is written as an `output_too_large` dead
+    /// letter instead.
+    max_output_bytes: usize,
 }
 
 const FLUSH_BYTES: usize = 256 * 1024;
@@ -249,23 +269,24 @@ impl Outbox {
         self.end_line(kind);
     }
 
-    /// Serializes one record straight into its output buffer.
-    fn write(&mut self, o: &Output) {
-        let kind = kind_of(o);
+    /// Serializes one record straight into its output buffer, and returns what was written:
+    /// the record, or the `output_too_large` dead letter that replaces a verdict longer than
+    /// `max_output_bytes`.
+    fn write(&mut self, o: Output) -> Output {
+        let kind = kind_of(&o);
         if self.senders[kind as usize].is_none() {
-            return;
+            return o;
         }
         let buf = &mut self.bufs[kind as usize];
-        let written = match o {
-            Output::Verdict(v) => {
-                bizra_dataflows::wire::write_verdict(buf, v);
-                Ok(())
-            }
-            Output::Commitment(c) => serde_json::to_writer(&mut *buf, c),
-            Output::DeadLetter(d) => serde_json::to_writer(&mut *buf, d),
-        };
-        written.expect("output records serialize");
-        self.end_line(kind);
+        let start = buf.len();
+        let len = write_output(buf, &o);
+        if len <= self.max_output_bytes {
+            self.end_line(kind);
+            return o;
+        }
+        buf.truncate(start);
+        let dead = too_large(&o, len, self.max_output_bytes);
+        self.write(dead)
     }
 
     /// Serializes one window-statistics record into the stats buffer.
@@ -327,11 +348,13 @@ pub struct Services {
     pub archive: Option<Lanes>,
 }
 
-/// Runs the pipeline to the end of its input.
+/// Runs the pipeline to the end of its input. A fatal error on the way (an input or output
+/// that cannot be read or written, the archive failing) ends the process (`fatal.rs`).
 pub fn run(
     cluster: Cluster,
     cfg: PipelineConfig,
     pacing: PipelineSettings,
+    max_output_bytes: usize,
     source: Source,
     outputs: Outputs,
     services: Services,
@@ -346,6 +369,13 @@ pub fn run(
     let timely_cfg = cluster.timely_config()?;
     let is_first_process = cluster.process == 0;
     let multi = cluster.processes > 1;
+    // Lines are read by one worker, generated records by every worker: the readers of this
+    // process share its byte budget.
+    let readers = match &source {
+        Source::Gen { .. } => cluster.workers,
+        Source::Lines(_) => 1,
+    };
+    let budget = pacing.max_inflight_bytes / readers;
 
     // Outputs live in process 0; other processes route their lines there.
     let mut handles = Vec::new();
@@ -367,7 +397,9 @@ pub fn run(
     }
     let (reader_rx, reader_handle) = match &source {
         Source::Lines(spec) if is_first_process => {
-            let (rx, h) = spawn_reader(spec.clone(), cfg.max_message_bytes, epoch_records)?;
+            // A chunk is an epoch: a sixteenth of the budget lets several be in flight.
+            let chunk_bytes = (budget / 16).max(1);
+            let (rx, h) = spawn_reader(spec.clone(), cfg.max_message_bytes, epoch_records, chunk_bytes)?;
             (Some(rx), Some(h))
         }
         _ => (None, None),
@@ -378,11 +410,9 @@ pub fn run(
         Source::Lines(_) => (None, None),
     };
     let summaries = Arc::new(Mutex::new(Vec::<Summary>::new()));
-    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let senders = Arc::new(Mutex::new(senders));
 
     let worker_summaries = summaries.clone();
-    let worker_errors = errors.clone();
     let worker_progress = progress.clone();
     let guards = timely::execute(timely_cfg, move |worker| {
         let index = worker.index();
@@ -396,6 +426,7 @@ pub fn run(
             senders: senders.lock().expect("senders lock").clone(),
             bufs: Default::default(),
             queued: VecDeque::new(),
+            max_output_bytes,
         }));
         let archive = archive.as_ref().map(ArchiveOutbox::from_lanes);
         let is_reader = generator.is_none() && index == 0;
@@ -411,23 +442,28 @@ pub fn run(
                 raw
             };
             let out = pipeline::build(raw, &cfg, observer);
+            let out = archived(out, archive.as_ref(), &probe);
+            // Outputs are counted as they are written, after the size check that may turn a
+            // verdict into a dead letter.
             let counts = summary.clone();
             let tel = tel.clone();
-            let out = out.map(move |o| {
-                counts.borrow_mut().count(&o);
-                tel.borrow_mut().output(&o);
-                o
-            });
-            let out = archived(out, archive.as_ref(), &probe);
+            let count = move |o: &Output| {
+                counts.borrow_mut().count(o);
+                tel.borrow_mut().output(o);
+            };
             if multi {
                 // With several processes every line goes to a worker of process 0, which
                 // writes; lines are encoded where they were made to spread the work.
                 let encoded = out
-                    .map(|o| encode(&o))
+                    .map(move |o| {
+                        let (o, kind, line) = encode(o, max_output_bytes);
+                        count(&o);
+                        (kind, line)
+                    })
                     .exchange(move |e: &(u8, Vec<u8>)| (e.1.len() % threads.max(1)) as u64);
                 sink(encoded, outbox.clone(), |ob, (kind, line)| ob.push(kind, &line)).probe_with(&probe);
             } else {
-                sink(out, outbox.clone(), |ob, o| ob.write(&o)).probe_with(&probe);
+                sink(out, outbox.clone(), move |ob, o| count(&ob.write(o))).probe_with(&probe);
             }
         });
 
@@ -438,15 +474,20 @@ pub fn run(
         let mut epoch: u64 = 0;
         let mut next_rank: u64 = 0; // generator: records this worker has made / peers
         let mut reported = 0u64;
+        let mut inflight = Inflight::new(budget);
         let rx_guard = if is_reader {
             reader_rx.lock().expect("reader lock").take()
         } else {
             None
         };
         let rx: Option<ChunkReceiver> = rx_guard;
+        // A chunk the reader sent that did not fit the byte budget yet.
+        let mut waiting: Option<Vec<RawRecord>> = None;
         loop {
             let mut fed = false;
+            inflight.complete(probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX)));
             let room = !probe.less_than(&epoch.saturating_sub(max_inflight))
+                && inflight.room()
                 && outbox.borrow().is_idle()
                 && archive.as_ref().is_none_or(|a| a.borrow().queued() == 0);
             if let (Some(handle), true) = (input.as_mut(), room) {
@@ -456,12 +497,16 @@ pub fn run(
                     let before = next_rank;
                     for _ in 0..epoch_records {
                         let i = next_rank * peers as u64 + index as u64;
+                        // The budget is checked per epoch, not per record: epoch k must hold
+                        // the same positions on every layout (see DECISIONS, determinism).
                         if i >= n {
                             break;
                         }
                         next_rank += 1;
+                        let bytes = g.record(i);
+                        inflight.read(epoch, bytes.len());
                         handle.send(RawRecord {
-                            bytes: g.record(i),
+                            bytes,
                             input: Some(bizra_dataflows::observation::InputRef {
                                 topic: "gen".into(),
                                 partition: 0,
@@ -481,26 +526,31 @@ pub fn run(
                         input.take();
                     }
                 } else if let Some(rx) = &rx {
-                    match rx.try_recv() {
-                        Ok(Ok(chunk)) => {
+                    let chunk = match waiting.take() {
+                        Some(chunk) => Some(chunk),
+                        None => match rx.try_recv() {
+                            Ok(Ok(chunk)) => Some(chunk),
+                            Ok(Err(e)) => crate::fatal::halt(format_args!("reading input: {e}")),
+                            Err(TryRecvError::Empty) => None,
+                            Err(TryRecvError::Disconnected) => {
+                                input.take();
+                                None
+                            }
+                        },
+                    };
+                    if let (Some(chunk), Some(handle)) = (chunk, input.as_mut()) {
+                        let len: usize = chunk.iter().map(|r| r.bytes.len()).sum();
+                        if inflight.fits(len + chunk.len() * crate::config::RECORD_OVERHEAD_BYTES) {
                             tel.borrow().read(chunk.len());
                             for r in chunk {
+                                inflight.read(epoch, r.bytes.len());
                                 handle.send(r);
                             }
                             epoch += 1;
                             handle.advance_to(epoch);
                             fed = true;
-                        }
-                        Ok(Err(e)) => {
-                            worker_errors
-                                .lock()
-                                .expect("errors lock")
-                                .push(format!("reading input: {e}"));
-                            input.take();
-                        }
-                        Err(TryRecvError::Empty) => {}
-                        Err(TryRecvError::Disconnected) => {
-                            input.take();
+                        } else {
+                            waiting = Some(chunk);
                         }
                     }
                 }
@@ -515,8 +565,7 @@ pub fn run(
                 a.pump();
                 tel.borrow().state(Structure::ArchiveQueue, a.queued());
                 if let Some(e) = a.failed.take() {
-                    worker_errors.lock().expect("errors lock").push(e);
-                    break;
+                    crate::fatal::halt(e);
                 }
             }
             let drained = input.is_none() && probe.done();
@@ -527,11 +576,8 @@ pub fn run(
             }
             let finished = drained && tel.borrow().done();
             if !outbox.borrow_mut().flush(finished) {
-                worker_errors
-                    .lock()
-                    .expect("errors lock")
-                    .push("an output writer stopped".into());
-                break;
+                // The writer threads end the process themselves on a write error.
+                crate::fatal::halt("an output writer stopped");
             }
             let out_now = summary.borrow().observations();
             worker_progress.fetch_add(out_now - reported, Ordering::Relaxed);
@@ -541,7 +587,7 @@ pub fn run(
                 while !outbox.borrow().is_idle() {
                     std::thread::sleep(Duration::from_millis(1));
                     if !outbox.borrow_mut().flush(true) {
-                        break;
+                        crate::fatal::halt("an output writer stopped");
                     }
                 }
                 break;
@@ -565,12 +611,18 @@ pub fn run(
             .map_err(|_| anyhow::anyhow!("writer thread panicked"))?
             .context("writing output")?;
     }
-    let errors = errors.lock().expect("errors lock");
-    if let Some(e) = errors.first() {
-        bail!("{e}");
-    }
     let total = Summary::total(&summaries.lock().expect("summaries lock"), started.elapsed());
     Ok(total)
+}
+
+/// The `output_too_large` dead letter of an output of `len` bytes over the limit `max`; a
+/// commitment or dead letter that long is fatal (the start-up checks rule it out).
+fn too_large(o: &Output, len: usize, max: usize) -> Output {
+    let why = format!("it is {len} bytes, more than limits.max_output_bytes ({max})");
+    match bounds::refused(o, ErrorKind::OutputTooLarge, &why, wall_ms()) {
+        Ok(dead) => Output::DeadLetter(dead),
+        Err(fatal) => crate::fatal::halt(fatal),
+    }
 }
 
 /// The last operator: hands each record to the worker's outbox.
@@ -604,15 +656,15 @@ fn kind_of(o: &Output) -> u8 {
     }
 }
 
-fn encode(o: &Output) -> (u8, Vec<u8>) {
-    let bytes = match o {
-        Output::Verdict(v) => {
-            let mut out = Vec::new();
-            bizra_dataflows::wire::write_verdict(&mut out, v);
-            Ok(out)
-        }
-        Output::Commitment(c) => serde_json::to_vec(c),
-        Output::DeadLetter(d) => serde_json::to_vec(d),
-    };
-    (kind_of(o), bytes.expect("output records serialize"))
+/// Serializes `o` for the writer of process 0; returns what was written (the record, or the
+/// `output_too_large` dead letter that replaces a verdict over `max` bytes), its kind and
+/// its line.
+fn encode(o: Output, max: usize) -> (Output, u8, Vec<u8>) {
+    let mut line = Vec::new();
+    let len = write_output(&mut line, &o);
+    if len <= max {
+        let kind = kind_of(&o);
+        return (o, kind, line);
+    }
+    encode(too_large(&o, len, max), max)
 }

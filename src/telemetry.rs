@@ -24,6 +24,8 @@ pub struct Telemetry {
     pub consolidate: Option<(ConsolidateConfig, SummarySender)>,
     /// Highest event time any worker of this process has seen (`i64::MIN`: none yet).
     max_event_ms: Arc<AtomicI64>,
+    /// When a worker of this process last read records (at first: when it started).
+    last_read_ms: Arc<AtomicI64>,
 }
 
 impl Telemetry {
@@ -33,18 +35,31 @@ impl Telemetry {
             stats,
             consolidate: None,
             max_event_ms: Arc::new(AtomicI64::new(i64::MIN)),
+            last_read_ms: Arc::new(AtomicI64::new(wall_ms())),
         }
     }
 
     /// The event-time watermark of this process: the highest event time seen minus the
-    /// allowed lateness. A process that has seen no record yet does not hold the cluster's
-    /// windows back: it follows the wall clock. One that has seen records and then idles
-    /// holds them until it reads again or stops (as in other stream processors without
-    /// idleness detection); stopping closes every window.
+    /// allowed lateness. A process that has seen no verdict yet holds the windows while it
+    /// has read records (their event times may be far behind the wall clock: a backlog), and
+    /// once it has read nothing for `lateness_ms` it follows the wall clock, so that a process
+    /// without input does not hold the cluster's windows back. One that has seen records and
+    /// then idles holds them until it reads again or stops (as in other stream processors
+    /// without idleness detection); stopping closes every window. Future-dated records
+    /// never count (`Verdict::future_dated`), so the watermark stays below wall clock +
+    /// `max_future_ms`.
     fn watermark_ms(&self) -> u64 {
         let max = self.max_event_ms.load(Ordering::Relaxed);
-        let base = if max == i64::MIN { wall_ms() } else { max };
-        self.stats.watermark(base.max(0) as u64)
+        if max != i64::MIN {
+            return self.stats.watermark(max.max(0) as u64);
+        }
+        let now = wall_ms();
+        let idle = now.saturating_sub(self.last_read_ms.load(Ordering::Relaxed));
+        if idle >= self.stats.lateness_ms as i64 {
+            self.stats.watermark(now.max(0) as u64)
+        } else {
+            0
+        }
     }
 }
 
@@ -57,6 +72,8 @@ pub struct WorkerTelemetry {
     samples: Vec<Sample>,
     max_event_ms: i64,
     late_reported: u64,
+    /// Future-dated verdicts seen since the last tick.
+    future: u64,
     closed: bool,
 }
 
@@ -77,6 +94,7 @@ impl WorkerTelemetry {
             samples: Vec::new(),
             max_event_ms: i64::MIN,
             late_reported: 0,
+            future: 0,
             closed: false,
         }
     }
@@ -97,6 +115,9 @@ impl WorkerTelemetry {
 
     /// Records read from the source.
     pub fn read(&self, n: usize) {
+        if n > 0 {
+            self.shared.last_read_ms.store(wall_ms(), Ordering::Relaxed);
+        }
         if let Some(m) = &self.metrics {
             m.borrow_mut().read(n);
         }
@@ -111,7 +132,14 @@ impl WorkerTelemetry {
             if let Some(c) = &mut self.consolidator {
                 c.observe(v);
             }
-            self.max_event_ms = self.max_event_ms.max(v.event_ms);
+            // A future-dated record sits at its ingest time, but must not move the
+            // watermark: in a backlog that is hours behind wall clock, that alone would make
+            // every record after it late.
+            if v.future_dated {
+                self.future += 1;
+            } else {
+                self.max_event_ms = self.max_event_ms.max(v.event_ms);
+            }
             self.samples.push(Sample::from_verdict(v, &self.shared.stats));
         }
     }
@@ -157,6 +185,7 @@ impl WorkerTelemetry {
             let late = self.windows.late();
             m.late_samples.inc_by(late - self.late_reported);
             self.late_reported = late;
+            m.future_records.inc_by(std::mem::take(&mut self.future));
             for w in &out {
                 m.window(w);
             }

@@ -38,6 +38,8 @@ pub struct Broker {
     port: u16,
     storage: &'static str,
     dir: tempfile::TempDir,
+    /// The port clients are told to use, when it is not `port` (a proxy in front).
+    advertised: Option<u16>,
 }
 
 impl Broker {
@@ -61,19 +63,38 @@ impl Broker {
             port: free_port(),
             storage,
             dir: tempfile::tempdir().unwrap(),
+            advertised: None,
         };
         b.spawn();
         b
     }
 
+    /// With sqlite storage, behind a proxy that makes `fault` (see `proxy.rs`); clients reach
+    /// the broker through the proxy only (it is the advertised listener).
+    #[allow(dead_code)] // the bench does not use it
+    pub fn proxied(fault: crate::proxy::Fault) -> Broker {
+        let proxy = free_port();
+        let mut b = Broker {
+            child: None,
+            port: free_port(),
+            storage: "sqlite://tansu.db",
+            dir: tempfile::tempdir().unwrap(),
+            advertised: Some(proxy),
+        };
+        crate::proxy::start(proxy, &format!("127.0.0.1:{}", b.port), fault);
+        b.spawn();
+        b
+    }
+
     fn spawn(&mut self) {
+        let listen = format!("tcp://127.0.0.1:{}", self.port);
         let url = self.url();
         let child = Command::new(tansu_bin())
             .current_dir(self.dir.path())
             .args([
                 "broker",
                 "--listener-url",
-                &url,
+                &listen,
                 "--advertised-listener-url",
                 &url,
             ])
@@ -91,12 +112,12 @@ impl Broker {
     }
 
     fn url(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
+        format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port))
     }
 
     /// `host:port` for `bootstrap.servers`.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised.unwrap_or(self.port))
     }
 
     fn topic_command(&self, args: &[&str]) {
@@ -130,7 +151,15 @@ impl Broker {
         }
     }
 
-    #[allow(dead_code)] // only the outage test restarts
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) the broker process.
+    #[allow(dead_code)] // the bench does not pause
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+        }
+    }
+
+    #[allow(dead_code)] // only the outage tests restart
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();

@@ -62,7 +62,7 @@ proptest! {
 
     #[test]
     fn random_bytes_give_one_outcome_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let out = decode_record(raw(bytes.clone()), &Limits::default(), 1 << 20);
+        let out = decode_record(raw(bytes.clone()), &Limits::default(), 1 << 20, u64::MAX);
         if let Err(d) = out {
             prop_assert!(!d.message.is_empty());
             prop_assert!(d.raw_b64.len() >= bytes.len() * 4 / 3);
@@ -126,7 +126,7 @@ fn not_json_and_not_object_are_told_apart() {
 fn oversized_records_become_message_too_large() {
     let mut r = raw(b"{\"id\":\"x\"".to_vec());
     r.oversize = Some(5_000_000);
-    let d = decode_record(r, &Limits::default(), 2 << 20).unwrap_err();
+    let d = decode_record(r, &Limits::default(), 2 << 20, u64::MAX).unwrap_err();
     assert_eq!(d.error, ErrorKind::MessageTooLarge);
     assert!(d.message.contains("5000000"));
 }

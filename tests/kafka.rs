@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -16,7 +17,7 @@ use serde_json::Value;
 use crate::broker::Broker;
 use crate::common::{free_port, stable};
 
-fn topics(b: &Broker, input_partitions: u32) {
+pub(crate) fn topics(b: &Broker, input_partitions: u32) {
     b.create_topic("bizra.observations", input_partitions);
     for t in ["bizra.verdicts", "bizra.commitments", "bizra.dlq", "bizra.stats"] {
         b.create_topic(t, 1);
@@ -24,9 +25,10 @@ fn topics(b: &Broker, input_partitions: u32) {
 }
 
 /// Writes `lines` to the input topic, record i to partition i mod `partitions`.
-fn produce(b: &Broker, lines: &[Vec<u8>], partitions: i32) {
+pub(crate) fn produce(b: &Broker, lines: &[Vec<u8>], partitions: i32) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", b.addr())
+        .set("message.max.bytes", "4194304") // records up to bizra's 2 MiB input limit
         .create()
         .unwrap();
     for (i, l) in lines.iter().enumerate() {
@@ -36,10 +38,11 @@ fn produce(b: &Broker, lines: &[Vec<u8>], partitions: i32) {
         loop {
             match p.send(rec) {
                 Ok(()) => break,
-                Err((_, r)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     rec = r;
                     p.poll(Duration::from_millis(10));
                 }
+                Err((e, _)) => panic!("producing input record {i}: {e}"),
             }
         }
         p.poll(Duration::ZERO);
@@ -49,7 +52,7 @@ fn produce(b: &Broker, lines: &[Vec<u8>], partitions: i32) {
 
 /// Generated input; `replays` = false gives every good record its own id, so that verdicts
 /// do not depend on the order across partitions or on replay memory lost in a restart.
-fn generated(count: u64, bad: f64, replays: bool) -> Vec<Vec<u8>> {
+pub(crate) fn generated(count: u64, bad: f64, replays: bool) -> Vec<Vec<u8>> {
     let replay_fraction = if replays { "0.002" } else { "0" };
     let out = Command::new(env!("CARGO_BIN_EXE_bizra"))
         .args([
@@ -74,7 +77,12 @@ fn generated(count: u64, bad: f64, replays: bool) -> Vec<Vec<u8>> {
 
 /// Everything in `topic` (1 partition) from the start, as JSON, waiting until `until` holds
 /// or `timeout` passes.
-fn read_all(b: &Broker, topic: &str, until: impl Fn(&[Value]) -> bool, timeout: Duration) -> Vec<Value> {
+pub(crate) fn read_all(
+    b: &Broker,
+    topic: &str,
+    until: impl Fn(&[Value]) -> bool,
+    timeout: Duration,
+) -> Vec<Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let out = read_to_end(b, topic);
@@ -86,14 +94,25 @@ fn read_all(b: &Broker, topic: &str, until: impl Fn(&[Value]) -> bool, timeout: 
 }
 
 /// Everything in `topic` (1 partition) up to its current high watermark.
-fn read_to_end(b: &Broker, topic: &str) -> Vec<Value> {
+pub(crate) fn read_to_end(b: &Broker, topic: &str) -> Vec<Value> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", b.addr())
         .set("group.id", "bizra-test-reader")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let (_, high) = c.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap();
+    // Right after a topic is made its partition may not be known yet: ask again.
+    let mut tries = 0;
+    let (_, high) = loop {
+        match c.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
+            Ok(w) => break w,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("watermarks of {topic}: {e}"),
+        }
+    };
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
     c.assign(&tpl).unwrap();
@@ -113,7 +132,7 @@ fn read_to_end(b: &Broker, topic: &str) -> Vec<Value> {
     out
 }
 
-fn committed(b: &Broker, group: &str, partitions: i32) -> BTreeMap<i32, i64> {
+pub(crate) fn committed(b: &Broker, group: &str, partitions: i32) -> BTreeMap<i32, i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", b.addr())
         .set("group.id", group)
@@ -138,7 +157,7 @@ fn committed(b: &Broker, group: &str, partitions: i32) -> BTreeMap<i32, i64> {
         .collect()
 }
 
-fn bizra(b: &Broker, dir: &Path, extra: &[&str]) -> Child {
+pub(crate) fn bizra(b: &Broker, dir: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bizra"))
         .env("RUST_LOG", "warn")
         .args(["run", "-q", "--brokers", &b.addr(), "--signing-key"])
@@ -150,7 +169,7 @@ fn bizra(b: &Broker, dir: &Path, extra: &[&str]) -> Child {
         .unwrap()
 }
 
-fn keygen(dir: &Path) -> String {
+pub(crate) fn keygen(dir: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_bizra"))
         .args(["keygen", "--out"])
         .arg(dir.join("node.key"))
@@ -159,7 +178,7 @@ fn keygen(dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn sigterm(c: &mut Child) -> std::process::ExitStatus {
+pub(crate) fn sigterm(c: &mut Child) -> std::process::ExitStatus {
     let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -171,18 +190,18 @@ fn sigterm(c: &mut Child) -> std::process::ExitStatus {
     }
 }
 
-fn key_of(v: &Value) -> (i64, i64) {
+pub(crate) fn key_of(v: &Value) -> (i64, i64) {
     (
         v["input"]["partition"].as_i64().unwrap(),
         v["input"]["offset"].as_i64().unwrap(),
     )
 }
 
-fn write_jsonl(path: &Path, vs: &[Value]) {
+pub(crate) fn write_jsonl(path: &Path, vs: &[Value]) {
     std::fs::write(path, vs.iter().map(|v| format!("{v}\n")).collect::<String>()).unwrap();
 }
 
-fn verify(dir: &Path, pubkey: &str, verdicts: &[Value], commitments: &[Value]) {
+pub(crate) fn verify(dir: &Path, pubkey: &str, verdicts: &[Value], commitments: &[Value]) {
     write_jsonl(&dir.join("v.jsonl"), verdicts);
     write_jsonl(&dir.join("c.jsonl"), commitments);
     let out = Command::new(env!("CARGO_BIN_EXE_bizra"))
@@ -289,7 +308,7 @@ fn round_trip_with_bad_records_and_graceful_stop() {
     assert_eq!(c, (0..8).map(|p| (p, 1250)).collect::<BTreeMap<_, _>>());
 }
 
-fn by_input(outputs: &[Value]) -> HashMap<(i64, i64), Vec<Value>> {
+pub(crate) fn by_input(outputs: &[Value]) -> HashMap<(i64, i64), Vec<Value>> {
     let mut m: HashMap<(i64, i64), Vec<Value>> = HashMap::new();
     for v in outputs {
         m.entry(key_of(v)).or_default().push(stable(v));
@@ -297,7 +316,7 @@ fn by_input(outputs: &[Value]) -> HashMap<(i64, i64), Vec<Value>> {
     m
 }
 
-fn wait_for_all(b: &Broker, n: usize, timeout: Duration) -> (Vec<Value>, Vec<Value>) {
+pub(crate) fn wait_for_all(b: &Broker, n: usize, timeout: Duration) -> (Vec<Value>, Vec<Value>) {
     let deadline = Instant::now() + timeout;
     loop {
         let verdicts = read_to_end(b, "bizra.verdicts");
@@ -531,7 +550,7 @@ fn oversized_messages_are_dead_letters_with_provenance() {
 }
 
 /// The headers of the first dead letter.
-fn dlq_headers(b: &Broker) -> HashMap<String, String> {
+pub(crate) fn dlq_headers(b: &Broker) -> HashMap<String, String> {
     use rdkafka::message::Headers;
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", b.addr())

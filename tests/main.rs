@@ -2,10 +2,14 @@
 
 mod archive;
 mod broker;
+mod chaos;
 mod cli;
 mod common;
 mod decode_props;
 mod golden_stages;
+mod hardening;
 mod kafka;
+mod kafka_faults;
 mod merkle_vectors;
+mod proxy;
 mod state;

@@ -1,9 +1,13 @@
 //! Dead letters (SPEC §1.4): the error kinds of bad input and the record written for each.
-//! Owns the record shape only; deciding *what* is bad is `decode.rs`'s job.
+//! Owns the record shape only; deciding *what* is bad is `decode.rs`'s job (and, for an
+//! output its sink cannot take, the sink's).
+
+use std::borrow::Cow;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{clip, MESSAGE_BYTES};
 use crate::observation::InputRef;
 
 /// At most this many bytes of the original record are kept in `raw_b64`.
@@ -19,16 +23,22 @@ pub enum ErrorKind {
     InvalidField,
     PayloadTooLarge,
     MessageTooLarge,
+    /// The input was processed, but its output is larger than its sink takes.
+    OutputTooLarge,
+    /// The input was processed, but the broker refused its output for good.
+    ProduceRefused,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::NotJson,
         ErrorKind::NotObject,
         ErrorKind::MissingField,
         ErrorKind::InvalidField,
         ErrorKind::PayloadTooLarge,
         ErrorKind::MessageTooLarge,
+        ErrorKind::OutputTooLarge,
+        ErrorKind::ProduceRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +49,8 @@ impl ErrorKind {
             ErrorKind::InvalidField => "invalid_field",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::MessageTooLarge => "message_too_large",
+            ErrorKind::OutputTooLarge => "output_too_large",
+            ErrorKind::ProduceRefused => "produce_refused",
         }
     }
 }
@@ -65,9 +77,12 @@ impl DecodeError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub error: ErrorKind,
+    /// What was wrong, clipped to [`MESSAGE_BYTES`] (it may quote the input).
     pub message: String,
     pub input: Option<InputRef>,
-    /// Standard base64 of the original bytes, truncated to [`RAW_KEEP_BYTES`].
+    /// Standard base64 of the original bytes, truncated to [`RAW_KEEP_BYTES`]. Empty for
+    /// `output_too_large` and `produce_refused`: the input was decoded and its bytes are gone
+    /// by the time a sink refuses its output; `input` says where to find them.
     pub raw_b64: String,
     /// RFC 3339 time the record was rejected.
     pub at: String,
@@ -76,13 +91,23 @@ pub struct DeadLetter {
 impl DeadLetter {
     pub fn new(err: DecodeError, input: Option<InputRef>, raw: &[u8], at_ms: i64) -> Self {
         let kept = &raw[..raw.len().min(RAW_KEEP_BYTES)];
+        let mut message = err.message;
+        if let Cow::Owned(clipped) = clip(&message, MESSAGE_BYTES) {
+            message = clipped;
+        }
         DeadLetter {
             error: err.kind,
-            message: err.message,
+            message,
             input,
             raw_b64: base64::engine::general_purpose::STANDARD.encode(kept),
             at: rfc3339_ms(at_ms),
         }
+    }
+
+    /// The dead letter of an input whose output its sink refused (`output_too_large`,
+    /// `produce_refused`): provenance and the reason, no raw bytes.
+    pub fn refused(kind: ErrorKind, message: String, input: Option<InputRef>, at_ms: i64) -> Self {
+        DeadLetter::new(DecodeError::new(kind, message), input, &[], at_ms)
     }
 }
 

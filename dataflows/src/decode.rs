@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use crate::bounds::{clip, ECHO_BYTES};
 use crate::dead_letter::{DecodeError, ErrorKind};
 use crate::observation::{EthicsContext, Observation, SignatureRef, Text, Urgency};
 
@@ -17,12 +18,22 @@ use crate::observation::{EthicsContext, Observation, SignatureRef, Text, Urgency
 pub struct Limits {
     /// Largest accepted payload after base64 decoding (`limits.max_payload_bytes`).
     pub max_payload_bytes: usize,
+    /// Most elements of a `context` string list (`limits.max_context_items`): a decoded
+    /// element costs a 24-byte slot however short it is, so without a cap a 2 MiB record of
+    /// one-letter strings would hold 12 MB.
+    pub max_context_items: usize,
+    /// Largest string of an observation besides `id` and the payload
+    /// (`limits.max_text_bytes`): context values and list elements, `source`,
+    /// `attestation`, `signature.key_id`.
+    pub max_text_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_payload_bytes: 1 << 20,
+            max_context_items: 1024,
+            max_text_bytes: 4096,
         }
     }
 }
@@ -241,10 +252,16 @@ impl<'de> Deserialize<'de> for SeqLen {
 ///
 /// Valid records take one typed pass; a record that fails it is parsed again field by field
 /// so that the dead letter names the field and what was expected.
+///
+/// The typed pass reads from a `&str`: serde_json skips the strings of ignored keys without
+/// checking their UTF-8 when it reads bytes, so invalid UTF-8 under an ignored `context` key
+/// would pass (found by fuzzing, `fuzz/corpus/decode/context-invalid-utf8`).
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Observation, DecodeError> {
-    if let Ok(typed) = serde_json::from_slice::<Typed>(bytes) {
-        if let Ok(obs) = validate(typed, limits) {
-            return Ok(obs);
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if let Ok(typed) = serde_json::from_str::<Typed>(text) {
+            if let Ok(obs) = validate(typed, limits) {
+                return Ok(obs);
+            }
         }
     }
     validate(typed_field_by_field(bytes)?, limits)
@@ -291,12 +308,16 @@ fn validate(t: Typed, limits: &Limits) -> Result<Observation, DecodeError> {
         Some(s) => Urgency::parse(s).ok_or_else(|| {
             invalid(
                 "urgency",
-                &format!("one of real_time, near_real_time, batch, deferred, found {s:?}"),
+                &format!(
+                    "one of real_time, near_real_time, batch, deferred, found {:?}",
+                    clip(s, ECHO_BYTES)
+                ),
             )
         })?,
     };
 
     let context = t.context.map(context_from).unwrap_or_default();
+    check_sizes(&context, &t.source, &t.attestation, &t.signature, limits)?;
     let features = t.features.map(check_features).transpose()?;
 
     let timestamp_ms = match t.timestamp.as_deref() {
@@ -304,7 +325,10 @@ fn validate(t: Typed, limits: &Limits) -> Result<Observation, DecodeError> {
         Some(s) => Some(parse_rfc3339_ms(s).ok_or_else(|| {
             invalid(
                 "timestamp",
-                &format!("an RFC 3339 date-time such as 2026-01-02T03:04:05Z, found {s:?}"),
+                &format!(
+                    "an RFC 3339 date-time such as 2026-01-02T03:04:05Z, found {:?}",
+                    clip(s, ECHO_BYTES)
+                ),
             )
         })?),
     };
@@ -431,6 +455,69 @@ fn context_from(c: TypedContext) -> EthicsContext {
     }
 }
 
+/// The caps of [`Limits::max_context_items`] and [`Limits::max_text_bytes`]; the error names
+/// the field, the cap and its setting.
+fn check_sizes(
+    c: &EthicsContext,
+    source: &Option<Text>,
+    attestation: &Option<Text>,
+    signature: &Option<TypedSignature>,
+    limits: &Limits,
+) -> Result<(), DecodeError> {
+    let text = |name: &str, s: &str| {
+        if s.len() > limits.max_text_bytes {
+            return Err(invalid(
+                name,
+                &format!(
+                    "a string of at most {} bytes (limits.max_text_bytes), found {} bytes",
+                    limits.max_text_bytes,
+                    s.len()
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let lists = [
+        ("context.stakeholders", &c.stakeholders),
+        ("context.affected", &c.affected),
+        ("context.potential_benefits", &c.potential_benefits),
+        ("context.potential_harms", &c.potential_harms),
+    ];
+    for (name, list) in lists {
+        let Some(list) = list else { continue };
+        if list.len() > limits.max_context_items {
+            return Err(invalid(
+                name,
+                &format!(
+                    "an array of at most {} strings (limits.max_context_items), found {}",
+                    limits.max_context_items,
+                    list.len()
+                ),
+            ));
+        }
+        for (i, s) in list.iter().enumerate() {
+            text(&format!("{name}[{i}]"), s)?;
+        }
+    }
+    let texts = [
+        ("context.domain", c.domain.as_deref()),
+        ("context.intended_outcome", c.intended_outcome.as_deref()),
+        ("context.cultural_context", c.cultural_context.as_deref()),
+        ("source", source.as_deref()),
+        ("attestation", attestation.as_deref()),
+        (
+            "signature.key_id",
+            signature.as_ref().and_then(|s| s.key_id.as_deref()),
+        ),
+    ];
+    for (name, s) in texts {
+        if let Some(s) = s {
+            text(name, s)?;
+        }
+    }
+    Ok(())
+}
+
 fn check_features(values: Vec<f64>) -> Result<Vec<f64>, DecodeError> {
     let expected = "an array of 1–4096 finite numbers";
     if values.is_empty() || values.len() > MAX_FEATURES {
@@ -452,7 +539,7 @@ fn parse_digest(s: &str) -> Result<[u8; 32], DecodeError> {
     let expected = "`sha256:` followed by 64 hex digits";
     let hexpart = s
         .strip_prefix("sha256:")
-        .ok_or_else(|| invalid("digest", &format!("{expected}, found {s:?}")))?;
+        .ok_or_else(|| invalid("digest", &format!("{expected}, found {:?}", clip(s, ECHO_BYTES))))?;
     let mut out = [0u8; 32];
     hex::decode_to_slice(hexpart, &mut out).map_err(|e| invalid("digest", &format!("{expected} ({e})")))?;
     Ok(out)
@@ -582,13 +669,93 @@ mod tests {
 
     #[test]
     fn payload_limit_applies_after_base64_decoding() {
-        let limits = Limits { max_payload_bytes: 4 };
+        let limits = Limits {
+            max_payload_bytes: 4,
+            ..Limits::default()
+        };
         assert!(decode(br#"{"id":"a","data":"abcd"}"#, &limits).is_ok());
         let e = decode(br#"{"id":"a","data":"abcde"}"#, &limits).unwrap_err();
         assert_eq!(e.kind, ErrorKind::PayloadTooLarge);
         assert!(decode(br#"{"id":"a","data_b64":"YWJjZA=="}"#, &limits).is_ok());
         let e = decode(br#"{"id":"a","data_b64":"YWJjZGU="}"#, &limits).unwrap_err();
         assert_eq!(e.kind, ErrorKind::PayloadTooLarge);
+    }
+
+    #[test]
+    fn context_lists_and_texts_are_capped_and_the_dead_letter_names_field_and_cap() {
+        let limits = Limits {
+            max_context_items: 3,
+            max_text_bytes: 5,
+            ..Limits::default()
+        };
+        let ok = br#"{"id":"a","data":"x","context":{"potential_harms":["a","bb","ccccc"]}}"#;
+        assert!(decode(ok, &limits).is_ok());
+        let e = decode(
+            br#"{"id":"a","data":"x","context":{"potential_harms":["a","b","c","d"]}}"#,
+            &limits,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidField);
+        assert!(
+            e.message.contains("context.potential_harms") && e.message.contains("limits.max_context_items"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("at most 3") && e.message.contains("found 4"),
+            "{}",
+            e.message
+        );
+        let e = decode(
+            br#"{"id":"a","data":"x","context":{"stakeholders":["a","toolong"]}}"#,
+            &limits,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("context.stakeholders[1]") && e.message.contains("limits.max_text_bytes"),
+            "{}",
+            e.message
+        );
+        for field in [
+            r#""context":{"domain":"toolong"}"#,
+            r#""context":{"intended_outcome":"toolong"}"#,
+            r#""context":{"cultural_context":"toolong"}"#,
+            r#""source":"toolong""#,
+            r#""attestation":"toolong""#,
+        ] {
+            let rec = format!(r#"{{"id":"a","data":"x",{field}}}"#);
+            let e = decode(rec.as_bytes(), &limits).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidField, "{field}");
+            assert!(
+                e.message.contains("limits.max_text_bytes"),
+                "{field}: {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_list_of_one_letter_strings_is_rejected_at_the_default_cap() {
+        let items = vec!["\"a\""; 480_000].join(",");
+        let rec = format!(r#"{{"id":"a","data":"x","context":{{"affected":[{items}]}}}}"#);
+        let e = decode(rec.as_bytes(), &Limits::default()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidField);
+        assert!(e.message.contains("found 480000"), "{}", e.message);
+    }
+
+    #[test]
+    fn messages_quote_at_most_a_clip_of_the_input() {
+        let long = "x".repeat(100_000);
+        for field in ["urgency", "timestamp", "digest"] {
+            let rec = format!(r#"{{"id":"a","data":"x","{field}":"{long}"}}"#);
+            let e = decode(rec.as_bytes(), &Limits::default()).unwrap_err();
+            assert!(e.message.len() < 512, "{field}: {} bytes", e.message.len());
+            assert!(
+                e.message.contains("truncated, 100000 bytes"),
+                "{field}: {}",
+                e.message
+            );
+        }
     }
 
     #[test]
@@ -609,6 +776,14 @@ mod tests {
         assert_eq!(o.context.constraints_nonempty, Some(false));
         assert_eq!(o.context.history_nonempty, Some(true));
         assert_eq!(o.context.stakeholders, None);
+    }
+
+    #[test]
+    fn invalid_utf8_under_an_ignored_key_is_malformed_in_both_paths() {
+        let bytes = include_bytes!("../../fuzz/corpus/decode/context-invalid-utf8");
+        let fast = decode(bytes, &Limits::default());
+        assert_eq!(fast, decode_field_by_field(bytes, &Limits::default()));
+        assert_eq!(fast.unwrap_err().kind, ErrorKind::NotJson);
     }
 
     #[test]

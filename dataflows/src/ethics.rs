@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{clip, ECHO_BYTES};
 use crate::observation::{EthicsContext, Text};
 use crate::policy::{EthicsPolicy, SeverityThresholds};
 
@@ -520,11 +521,12 @@ impl Concerns {
     fn render(c: Concern, a: &Action) -> String {
         match c {
             Concern::SignificantHarm => {
-                // The list is capped so that a verdict stays small whatever the input.
+                // The list and each harm's text are capped so that a verdict stays small
+                // whatever the input.
                 let mut s = String::from("Significant potential harm: [");
                 for (i, h) in a.harms.iter().take(HARMS_LISTED).enumerate() {
                     let sep = if i == 0 { "" } else { ", " };
-                    let _ = write!(s, "{sep}{h:?}");
+                    let _ = write!(s, "{sep}{:?}", clip(h, ECHO_BYTES));
                 }
                 if a.harms.len() > HARMS_LISTED {
                     let _ = write!(s, ", … {} more", a.harms.len() - HARMS_LISTED);
@@ -641,6 +643,26 @@ mod tests {
             assert_eq!(usize::from(s.code()), i);
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
+    }
+
+    /// The record that once made a 1.2 MB verdict: two long harms, nothing reversible.
+    #[test]
+    fn long_harms_are_echoed_clipped_with_their_length() {
+        let long = "h".repeat(600_000);
+        let ctx = EthicsContext {
+            potential_harms: strings(&[&long, &long]),
+            reversibility: Some(0.0),
+            ..EthicsContext::default()
+        };
+        let v = evaluate(&ctx, 0.5, &policy());
+        let harm = v
+            .conditions
+            .iter()
+            .find(|c| c.starts_with("Significant potential harm"))
+            .expect("the harm condition is listed");
+        assert!(harm.contains("truncated, 600000 bytes"), "{harm}");
+        let total: usize = v.conditions.iter().map(String::len).sum();
+        assert!(total < 1024, "conditions take {total} bytes");
     }
 
     /// Contexts that land on each severity, with the conditions count the reference gives.

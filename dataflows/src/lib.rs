@@ -4,6 +4,7 @@
 //! - `observation`: decoded observation and provenance types.
 //! - `decode`: bytes → observation or dead letter (SPEC §1.1, §1.4).
 //! - `dead_letter`: the dead-letter record and its error kinds.
+//! - `bounds`: how much input an output echoes, and the largest dead letter and commitment.
 //! - `policy`: weights, thresholds and keywords of the stages, with the reference default.
 //! - `convergence`, `value`, `ethics`, `snr`: the scoring stages (SPEC §2.1, §2.3–§2.5).
 //! - `verification/`: digest, signatures, replay guard, tiers, Merkle trees, commitments.
@@ -13,6 +14,7 @@
 //! - `episode`: the compact per-batch record of the audit archive and its hash chain.
 //! - `operators/`: timely operators wrapping the stages; `pipeline` wires them.
 
+pub mod bounds;
 pub mod convergence;
 pub mod dead_letter;
 pub mod decode;

@@ -122,6 +122,8 @@ pub struct Origin {
     /// Wall-clock milliseconds when the record entered bizra (for `latency_ms`).
     pub ingest_ms: i64,
     /// Event time in milliseconds: observation `timestamp`, else the message timestamp, else
-    /// ingest time.
+    /// ingest time; the ingest time when the claimed time is too far ahead of it.
     pub event_ms: i64,
+    /// The claimed event time was more than `stats.max_future_ms` past the ingest time.
+    pub future_dated: bool,
 }

@@ -47,6 +47,9 @@ pub struct PipelineConfig {
     pub limits: Limits,
     /// Largest record accepted (`limits.max_message_bytes`); sources cut longer ones.
     pub max_message_bytes: usize,
+    /// How far past its ingest time an event time may be (`stats.max_future_ms`); a record
+    /// dated later is placed at its ingest time (see [`decode_record`]).
+    pub max_future_ms: u64,
     pub verify: VerifyConfig,
     pub policy: Arc<Policy>,
     pub keyring: Arc<Keyring>,
@@ -59,10 +62,16 @@ pub struct PipelineConfig {
 }
 
 /// Decodes one raw record into a routed observation or a dead letter.
+///
+/// The event time is the observation's `timestamp`, else the message's, else the ingest time;
+/// both timestamps are the sender's to choose, so one more than `max_future_ms` past the
+/// ingest time is not believed: the record is placed at its ingest time and marked
+/// [`Origin::future_dated`] (it is counted, and does not move the statistics' watermark).
 pub fn decode_record(
     r: RawRecord,
     limits: &Limits,
     max_message_bytes: usize,
+    max_future_ms: u64,
 ) -> Result<Box<Decoded>, DeadLetter> {
     let result = match r.oversize {
         Some(len) => Err(DecodeError::new(
@@ -73,7 +82,10 @@ pub fn decode_record(
     };
     match result {
         Ok(obs) => {
-            let event_ms = obs.timestamp_ms.or(r.message_ms).unwrap_or(r.ingest_ms);
+            let claimed = obs.timestamp_ms.or(r.message_ms).unwrap_or(r.ingest_ms);
+            let latest = r.ingest_ms.saturating_add_unsigned(max_future_ms);
+            let future_dated = claimed > latest;
+            let event_ms = if future_dated { r.ingest_ms } else { claimed };
             let id_hash = id_hash(&obs.id);
             Ok(Box::new(Decoded {
                 obs,
@@ -82,6 +94,7 @@ pub fn decode_record(
                     position: r.position,
                     ingest_ms: r.ingest_ms,
                     event_ms,
+                    future_dated,
                 },
                 id_hash,
             }))
@@ -108,9 +121,10 @@ pub fn build<'s>(
 ) -> StreamVec<'s, u64, Output> {
     let limits = cfg.limits.clone();
     let max_message_bytes = cfg.max_message_bytes;
+    let max_future_ms = cfg.max_future_ms;
     let (decoded, dead): (StreamVec<'s, u64, Box<Decoded>>, StreamVec<'s, u64, DeadLetter>) =
         timed_map(raw, Stage::Decode, observer.clone(), move |r| {
-            decode_record(r, &limits, max_message_bytes)
+            decode_record(r, &limits, max_message_bytes, max_future_ms)
         })
         .ok_err(|r| r);
 

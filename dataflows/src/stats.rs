@@ -105,6 +105,12 @@ pub struct StatsConfig {
     /// How long to wait for stragglers: the watermark is max event time − `lateness_ms`, and
     /// a window closes when the watermark reaches its end.
     pub lateness_ms: u64,
+    /// How far past its ingest time a record's event time may be. The sender chooses it (the
+    /// observation's `timestamp`, the message's timestamp), so a record dated later is
+    /// windowed at its ingest time, counted (`bizra_stats_future_records_total`) and kept out
+    /// of the watermark: no single record can move the watermark past wall clock + this and
+    /// make every later record late.
+    pub max_future_ms: u64,
     /// Domains reported under their own name; any other is reported as `"other"`, so that a
     /// caller-controlled string never becomes an unbounded label set.
     pub domains: Vec<String>,
@@ -117,6 +123,7 @@ impl Default for StatsConfig {
             window_ms: 60_000,
             slide_ms: 10_000,
             lateness_ms: 5_000,
+            max_future_ms: 60_000,
             domains: domains.map(String::from).collect(),
         }
     }

@@ -43,7 +43,7 @@ pub fn checked(
         message_ms: None,
         oversize: None,
     };
-    let decoded = decode_record(raw, &Limits::default(), 1 << 21).expect("a valid observation");
+    let decoded = decode_record(raw, &Limits::default(), 1 << 21, u64::MAX).expect("a valid observation");
     let convergence = converge(&decoded.obs, &policy.convergence);
     Checked {
         scored: Scored { decoded, convergence },

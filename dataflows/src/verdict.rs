@@ -83,6 +83,10 @@ pub struct Verdict {
     /// Event time of the observation (ms): keys the window statistics; not on the wire.
     #[serde(skip)]
     pub event_ms: i64,
+    /// The observation claimed an event time too far in the future, and `event_ms` is its
+    /// ingest time: counted, and kept out of the statistics' watermark; not on the wire.
+    #[serde(skip)]
+    pub future_dated: bool,
     /// `context.domain` of the observation, if any: keys the window statistics; not on the wire.
     #[serde(skip)]
     pub domain: Option<Text>,
@@ -164,6 +168,7 @@ pub fn assess(c: Checked, policy: &Policy, policy_version: &str) -> Assessed {
         payload_digest: crate::verification::sha256_ref(&obs.payload_sha256),
         explanation: None,
         event_ms: scored.decoded.origin.event_ms,
+        future_dated: scored.decoded.origin.future_dated,
         domain,
         features,
     });

@@ -9,8 +9,21 @@
 //! Numbers use the same formatters as `serde_json` (`zmij`, `itoa`; non-finite → `null`).
 //! The equality with `serde_json` is tested on generated and on adversarial verdicts.
 
+use crate::operators::commit::Output;
 use crate::verdict::Verdict;
 use crate::verification::DigestCheck;
+
+/// Appends one output record's JSON to `out`: verdicts through [`write_verdict`],
+/// commitments and dead letters through serde. Returns the record's length.
+pub fn write_output(out: &mut Vec<u8>, o: &Output) -> usize {
+    let start = out.len();
+    match o {
+        Output::Verdict(v) => write_verdict(out, v),
+        Output::Commitment(c) => serde_json::to_writer(&mut *out, c).expect("commitments serialize"),
+        Output::DeadLetter(d) => serde_json::to_writer(&mut *out, d).expect("dead letters serialize"),
+    }
+    out.len() - start
+}
 
 /// Appends the verdict's JSON to `out`, exactly as `serde_json::to_writer(out, v)` would.
 pub fn write_verdict(out: &mut Vec<u8>, v: &Verdict) {
@@ -383,6 +396,7 @@ mod tests {
             payload_digest: format!("sha256:{}", hex::encode([7u8; 32])),
             explanation: (flags & 32 != 0).then(|| format!("because {text}")),
             event_ms: 0,
+            future_dated: false,
             domain: None,
             features: None,
         }

@@ -147,6 +147,12 @@ impl SegmentWriter {
     }
 }
 
+/// The most memory the xz decoder of a segment may take. bizra's presets (at most 9, a 64 MiB
+/// dictionary) decode in 65 MiB; a segment whose header asks for more (a damaged or hostile
+/// file: found by fuzzing, a header asking for a 4 GiB dictionary) is an xz error, not an
+/// allocation of what it asks.
+pub(crate) const DECODER_MEMLIMIT: u64 = 128 << 20;
+
 /// An xz stream encoder (CRC64 checks) at `preset`, with the match finder's `depth` if not 0.
 fn encoder(preset: u32, depth: u32) -> Result<Stream, xz2::stream::Error> {
     let mut options = LzmaOptions::new_preset(preset)?;
@@ -215,7 +221,7 @@ pub(crate) struct SegmentReader {
 impl SegmentReader {
     pub(crate) fn open(path: &Path) -> Result<SegmentReader, ArchiveError> {
         let file = File::open(path).map_err(ArchiveError::io(path, "open segment"))?;
-        let xz = Stream::new_stream_decoder(u64::MAX, 0)
+        let xz = Stream::new_stream_decoder(DECODER_MEMLIMIT, 0)
             .map_err(|e| ArchiveError::io(path, "create xz decoder")(e.into()))?;
         let decoder = Decoder {
             file: BufReader::with_capacity(64 << 10, file),
@@ -489,6 +495,23 @@ pub(crate) fn write_checkpoint(shard_dir: &Path, cp: &Checkpoint) -> Result<(), 
 mod tests {
     use super::*;
     use crate::archive::test_util::episode;
+
+    #[test]
+    fn a_header_asking_for_a_huge_dictionary_is_corrupt_not_an_allocation() {
+        // The fuzz input's first byte selects raw mode; the rest is the segment file, whose
+        // xz block header asks for a 4 GiB dictionary.
+        let input = include_bytes!("../../fuzz/corpus/segment_reader/xz-dict-4gib");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg.xz");
+        std::fs::write(&path, &input[1..]).unwrap();
+        let mut r = SegmentReader::open(&path).unwrap();
+        match r.next_frame() {
+            Err(SegmentEnd::Corrupt { error, .. }) => {
+                assert!(error.to_string().contains("memory"), "{error}");
+            }
+            other => panic!("{:?}", other.map(|f| f.len())),
+        }
+    }
 
     #[test]
     fn names_parse_back_and_others_are_ignored() {

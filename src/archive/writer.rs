@@ -324,6 +324,9 @@ impl ArchiveWriter {
     /// touched (one xz block each), then acknowledges each episode — as written if its shard
     /// committed, else with the error (the shard's chain is rolled back to its last commit).
     fn write_group(&mut self, group: Vec<Job>) {
+        if crate::faults::armed(crate::faults::ARCHIVE_WRITER_PANIC) {
+            panic!("injected fault {}", crate::faults::ARCHIVE_WRITER_PANIC);
+        }
         let staged: Vec<Result<u64, ArchiveError>> = group.iter().map(|(e, ..)| self.stage(e)).collect();
         self.commit_staged();
         let failed = std::mem::take(&mut self.failed);

@@ -2,12 +2,15 @@
 //! and Kafka sinks, with at-least-once delivery (SPEC §4).
 //!
 //! Each timely worker owns one consumer, manually assigned the input partitions `p` with
-//! `p mod workers = worker` (over all workers of all processes), and one idempotent
-//! producer. Epochs are ticks of `kafka.tick_ms` of wall-clock time (Unix time / tick), the
-//! same on every process. The sink holds a
-//! capability for every tick whose records are not yet acknowledged by the broker, so the
-//! frontier after the sink says "everything derived from earlier ticks is durable"; only then
-//! are the offsets read in those ticks committed (`offsets.rs`).
+//! `p mod workers = worker` (over all workers of all processes; partitions added to the topic
+//! later are found by a watcher thread and taken on the same way), and one idempotent
+//! producer. Epochs are logical: a worker's input advances one epoch every `kafka.tick_ms`,
+//! but never more than `max_inflight_ticks` past the frontier of the whole cluster, so the
+//! processes keep step however their clocks disagree. The sink holds a capability for every
+//! epoch whose records are not yet acknowledged by the broker, so the frontier after the sink
+//! says "everything derived from earlier epochs is durable"; only then are the offsets read
+//! in those epochs committed, and only once the broker confirms a commit does it count
+//! (`offsets.rs`).
 //!
 //! Nothing here blocks a worker: partition queues wake the worker through librdkafka's
 //! non-empty callback, polls use a zero timeout, and `QueueFull` keeps records queued in
@@ -52,8 +55,10 @@ pub struct KafkaConfig {
     pub tick_ms: u64,
     /// Records a worker reads per tick at most.
     pub max_records_per_tick: usize,
-    /// Ticks a worker may read ahead of the acknowledged output before it pauses.
+    /// Epochs a worker's input may run ahead of the acknowledged output of the whole cluster.
     pub max_inflight_ticks: u64,
+    /// How often to look for partitions added to the input topic (0: never).
+    pub partition_discovery_ms: u64,
     pub breaker: BreakerConfig,
     /// Passed to librdkafka as given, to consumers and producers, e.g. `"socket.nagle.disable" = "true"`.
     pub options: std::collections::BTreeMap<String, String>,
@@ -84,6 +89,7 @@ impl Default for KafkaConfig {
             tick_ms: 10,
             max_records_per_tick: 1024,
             max_inflight_ticks: 50,
+            partition_discovery_ms: 10_000,
             breaker: BreakerConfig::default(),
             options: Default::default(),
             consumer_options: Default::default(),
@@ -149,30 +155,45 @@ pub const PROTECTED_OPTIONS: &[&str] = &[
     "bootstrap.servers",
 ];
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use bizra_dataflows::operators::commit::Output;
 use bizra_dataflows::operators::Structure;
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
 use rdkafka::consumer::CommitMode;
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Input, Probe};
+use rdkafka::producer::Producer;
+use timely::dataflow::operators::Input;
+use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::archive::{archived, ArchiveOutbox, Lanes};
+use crate::config::{LimitsConfig, PipelineSettings};
+use crate::fatal::halt;
+use crate::inflight::Inflight;
 use crate::run::{Cluster, Services, Summary};
 use crate::telemetry::{Ready, Telemetry, WorkerTelemetry};
 use breaker::Breaker;
-use offsets::OffsetTracker;
-use rdkafka::producer::Producer;
+use offsets::{Committer, OffsetTracker};
+use sink::Written;
 
-/// Runs the pipeline on Kafka until `shutdown` is set, then drains, flushes and commits.
+/// The bounds a Kafka run enforces, from `[pipeline]` and `[limits]`.
+#[derive(Clone, Debug)]
+pub struct Bounds {
+    pub pacing: PipelineSettings,
+    pub limits: LimitsConfig,
+}
+
+/// Runs the pipeline on Kafka until `shutdown` is set, then drains, flushes and commits. A
+/// fatal error on the way ends the process (`fatal.rs`).
 pub fn run(
     cluster: Cluster,
     cfg: PipelineConfig,
     kafka: KafkaConfig,
+    bounds: Bounds,
     shutdown: Arc<AtomicBool>,
     ready: Ready,
     services: Services,
@@ -183,13 +204,17 @@ pub fn run(
         archive,
     } = services;
     let started = Instant::now();
-    let partitions = source::partition_count(&kafka)?;
+    sink::check_message_limit(&kafka, bounds.limits.max_output_bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let initial = source::partition_count(&kafka)?;
+    let partitions = source::watch_partitions(&kafka, initial)?;
     let assigned = Arc::new(AtomicUsize::new(0));
-    tracing::info!(brokers = %kafka.brokers, topic = %kafka.input_topic, partitions, group = %kafka.group_id, "kafka source");
+    tracing::info!(brokers = %kafka.brokers, topic = %kafka.input_topic, partitions = initial, group = %kafka.group_id, "kafka source");
     let timely_cfg = cluster.timely_config()?;
     let summaries = Arc::new(Mutex::new(Vec::<Summary>::new()));
-    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (worker_summaries, worker_errors) = (summaries.clone(), errors.clone());
+    let worker_summaries = summaries.clone();
+    // One breaker for the process: an outage is the broker's, not one worker's.
+    let breaker = Arc::new(Breaker::new(kafka.breaker.clone()));
+    let clock = Instant::now();
 
     let guards = timely::execute(timely_cfg, move |worker| {
         let control = Control {
@@ -197,6 +222,9 @@ pub fn run(
             progress: &progress,
             telemetry: &telemetry,
             archive: archive.as_ref(),
+            partitions: &partitions,
+            breaker: &breaker,
+            clock,
             on_assigned: &|| {
                 // Ready once every worker of this process has its partitions.
                 if assigned.fetch_add(1, Ordering::Relaxed) + 1 == cluster.workers {
@@ -204,22 +232,13 @@ pub fn run(
                 }
             },
         };
-        let result = worker_loop(worker, &cfg, &kafka, partitions, &control);
-        match result {
+        match worker_loop(worker, &cfg, &kafka, &bounds, cluster.workers, &control) {
             Ok(s) => worker_summaries.lock().expect("summaries lock").push(s),
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "worker stopped");
-                worker_errors.lock().expect("errors lock").push(format!("{e:#}"));
-                // Let the others stop too: they cannot finish without this worker.
-                shutdown.store(true, Ordering::Relaxed);
-            }
+            Err(e) => halt(format_args!("{e:#}")),
         }
     })
     .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
     drop(guards.join());
-    if let Some(e) = errors.lock().expect("errors lock").first() {
-        bail!("{e}");
-    }
     let total = Summary::total(&summaries.lock().expect("summaries lock"), started.elapsed());
     Ok(total)
 }
@@ -233,15 +252,42 @@ struct Control<'a> {
     telemetry: &'a Telemetry,
     /// The episode archive's lanes, one per worker, when the archive is on.
     archive: Option<&'a Lanes>,
+    /// The input topic's partition count, kept current by the watcher thread.
+    partitions: &'a AtomicI32,
+    /// The producers' circuit breaker, shared by the workers of this process.
+    breaker: &'a Breaker,
+    /// The process's monotonic clock, which the breaker's times are read from.
+    clock: Instant,
     /// Called once the worker's partitions are assigned.
     on_assigned: &'a dyn Fn(),
+}
+
+/// Counts every output as the sink hands it to the producer.
+struct Counts<'a> {
+    summary: &'a RefCell<Summary>,
+    tel: &'a RefCell<WorkerTelemetry>,
+}
+
+impl Written for Counts<'_> {
+    fn written(&mut self, o: &Output) {
+        self.summary.borrow_mut().count(o);
+        self.tel.borrow_mut().output(o);
+    }
+
+    fn replaced(&mut self, o: &Output, instead: &Output) {
+        // The refused verdict stays in the metrics (it was written, then refused); the
+        // summary counts each input once.
+        self.summary.borrow_mut().uncount(o);
+        self.written(instead);
+    }
 }
 
 fn worker_loop(
     worker: &mut timely::worker::Worker,
     cfg: &PipelineConfig,
     kafka: &KafkaConfig,
-    partitions: i32,
+    bounds: &Bounds,
+    local_workers: usize,
     control: &Control<'_>,
 ) -> anyhow::Result<Summary> {
     let Control {
@@ -249,19 +295,33 @@ fn worker_loop(
         progress,
         telemetry,
         archive,
+        partitions,
+        breaker,
+        clock,
         on_assigned,
     } = *control;
     let archive = archive.map(ArchiveOutbox::from_lanes);
     let index = worker.index();
     let peers = worker.peers();
-    let mine = source::assigned(partitions, index, peers);
+    let mut known = partitions.load(Ordering::Relaxed);
+    let mine = source::assigned(known, index, peers);
     let thread = std::thread::current();
     let metrics = telemetry.metrics.clone();
-    let mut src = source::Source::new(kafka, &mine, cfg.max_message_bytes, metrics.clone(), move || {
-        thread.unpark()
-    })?;
-    let (producer, acks) = sink::producer(kafka)?;
-    let breaker = Breaker::new(kafka.breaker.clone());
+    // This worker's share of the process's byte budget: in flight through the dataflow, and
+    // in librdkafka's prefetch and producer queues.
+    let budget = bounds.pacing.max_inflight_bytes / local_workers.max(1);
+    let max_output = bounds.limits.max_output_bytes;
+    let producer_queue = budget.max(2 * (max_output + sink::RECORD_FRAMING_BYTES));
+    let mut src = source::Source::new(
+        kafka,
+        (index, peers),
+        &mine,
+        cfg.max_message_bytes,
+        budget / 4,
+        metrics.clone(),
+        move || thread.unpark(),
+    )?;
+    let (producer, acks, producer_events) = sink::producer(kafka, producer_queue)?;
     let topics = [
         kafka.verdicts_topic.clone(),
         kafka.commitments_topic.clone(),
@@ -275,50 +335,56 @@ fn worker_loop(
 
     let mut input = InputHandle::<u64, timely::container::CapacityContainerBuilder<Vec<RawRecord>>>::new();
     let probe = ProbeHandle::new();
-    let outbox = sink::Outbox::new();
+    let outbox = sink::Outbox::new(max_output);
     let summary = Rc::new(RefCell::new(Summary::default()));
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = scope.input_from(&mut input).container::<Vec<_>>();
-        let counts = summary.clone();
-        let tel = tel.clone();
-        let out = pipeline::build(raw, cfg, observer).map(move |o| {
-            counts.borrow_mut().count(&o);
-            tel.borrow_mut().output(&o);
-            o
-        });
+        let out = pipeline::build(raw, cfg, observer);
         let out = archived(out, archive.as_ref(), &probe);
         sink::sink(out, outbox.clone()).probe_with(&probe);
     });
 
-    let clock = Instant::now();
-    let tick_ms = kafka.tick_ms.max(1);
+    let tick = Duration::from_millis(kafka.tick_ms.max(1));
     let mut input = Some(input);
     let mut tracker = OffsetTracker::default();
-    let mut reported = 0u64;
+    let mut committer = Committer::default();
+    let mut inflight = Inflight::new(budget);
+    let (mut reported, mut reported_bytes, mut reported_commit_failures) = (0u64, 0i64, 0u64);
     let mut shutdown_at: Option<Instant> = None;
-    let mut last_tick = 0u64;
+    let mut last_advance = Instant::now();
     loop {
         let now_ms = clock.elapsed().as_millis() as u64;
-        // Ticks come from the wall clock so that every process of a cluster agrees on them
-        // (a per-process clock would put a later-started process's epochs behind and stall
-        // the others' in-flight limit); never backwards.
-        let tick = last_tick.max(bizra_dataflows::operators::wall_ms().max(0) as u64 / tick_ms);
-        last_tick = tick;
+        if let Some(e) = producer_events.fatal().or_else(|| src.events.fatal()) {
+            halt(format_args!("kafka: {e}"));
+        }
+        // Partitions added to the input topic: take on this worker's share.
+        let count = partitions.load(Ordering::Relaxed);
+        if count > known {
+            let new: Vec<i32> = (known..count).filter(|p| *p as usize % peers == index).collect();
+            tracing::info!(worker = index, partitions = ?new, "assigned new partitions");
+            src.add(&new)?;
+            known = count;
+        }
         if shutdown.load(Ordering::Relaxed) && input.is_some() {
             tracing::info!(worker = index, "stopping: draining in-flight epochs");
             input = None;
             shutdown_at = Some(Instant::now());
         }
+        let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
+        inflight.complete(frontier);
         let mut read = 0;
         if let Some(h) = input.as_mut() {
-            if tick > *h.time() {
-                h.advance_to(tick);
+            // Logical epochs, at most `max_inflight_ticks` ahead of the cluster's frontier:
+            // no wall clock is compared between processes.
+            let next = *h.time() + 1;
+            if last_advance.elapsed() >= tick && next <= frontier.saturating_add(kafka.max_inflight_ticks) {
+                h.advance_to(next);
+                last_advance = Instant::now();
             }
-            let delivered = probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
-            let room = tick.saturating_sub(delivered) <= kafka.max_inflight_ticks
+            let room = inflight.room()
                 && outbox.borrow().queued() < kafka.max_records_per_tick * 4
                 && archive.as_ref().is_none_or(|a| a.borrow().queued() == 0)
-                && breaker.allow(now_ms)
+                && breaker.reading_allowed(now_ms)
                 && outbox.borrow().fatal.is_none();
             if room {
                 let t = *h.time();
@@ -326,15 +392,18 @@ fn worker_loop(
                     if let Some(i) = &r.input {
                         tracker.consumed(t, i.partition, i.offset);
                     }
+                    inflight.read(t, r.bytes.len());
                     h.send(r);
-                })?;
+                    inflight.room()
+                });
                 tel.borrow().read(read);
             }
         }
+        src.serve();
         let park = if read > 0 {
             Some(Duration::ZERO)
         } else {
-            Some(Duration::from_millis(tick_ms))
+            Some(tick)
         };
         worker.step_or_park(park);
 
@@ -343,46 +412,70 @@ fn worker_loop(
             a.pump();
             tel.borrow().state(Structure::ArchiveQueue, a.queued());
             if let Some(e) = &a.failed {
-                bail!("{e}; offsets after the last committed ones will be read again on restart");
+                halt(format_args!(
+                    "{e}; offsets after the last committed ones will be read again on restart"
+                ));
             }
+        }
+        if producer_events.all_down.swap(false, Ordering::Relaxed) {
+            breaker.trip(now_ms);
+        }
+        if producer_events.transport_failed.swap(false, Ordering::Relaxed) {
+            breaker.record_failure(now_ms);
         }
         let drained = input.is_none() && probe.done();
         {
             let mut ob = outbox.borrow_mut();
+            let mut counts = Counts {
+                summary: &summary,
+                tel: &tel,
+            };
             tel.borrow().state(Structure::SinkQueue, ob.queued());
             tel.borrow()
                 .state(Structure::OffsetEpochs, tracker.pending_epochs());
             for w in tel.borrow_mut().tick(drained) {
                 ob.push_stats(&w);
             }
-            ob.flush(&producer, &topics, &breaker, now_ms);
+            ob.flush(&producer, &topics, breaker, now_ms, &mut counts);
             producer.poll(Duration::ZERO);
-            let failed = ob.apply(&acks, &breaker, now_ms).1;
+            let failed = ob.apply(&acks, breaker, &mut counts).1;
             if let Some(m) = &metrics {
                 m.delivery_failures.inc_by(failed as u64);
+                m.circuit_state.set(breaker.state().code());
+                let bytes = inflight.bytes() as i64;
+                m.inflight_bytes.add(bytes - reported_bytes);
+                reported_bytes = bytes;
+                m.commit_failures
+                    .inc_by(committer.failures - reported_commit_failures);
+                reported_commit_failures = committer.failures;
                 if index == 0 {
                     // Worker 0 reports the gauges as it sees them.
-                    m.circuit_state.set(match breaker.state() {
-                        breaker::State::Closed => 0,
-                        breaker::State::HalfOpen => 1,
-                        breaker::State::Open => 2,
-                    });
-                    let delivered = probe.with_frontier(|f| f.first().copied().unwrap_or(tick));
-                    m.inflight_epochs.set(tick.saturating_sub(delivered) as i64);
+                    let time = input.as_ref().map_or(frontier, |h| *h.time());
+                    m.inflight_epochs.set(time.saturating_sub(frontier) as i64);
                     m.producer_queue
                         .set((ob.queued() as i64) + i64::from(producer.in_flight_count()));
                 }
             }
             if let Some(e) = &ob.fatal {
-                bail!("{e}; offsets after the last committed ones will be read again on restart");
+                halt(format_args!(
+                    "{e}; offsets after the last committed ones will be read again on restart"
+                ));
             }
         }
-        let delivered = probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
-        let ready = tracker.ready(delivered);
-        src.commit(&ready, CommitMode::Async)?;
+        while let Ok((offsets, ok)) = src.commits.try_recv() {
+            committer.answered(&mut tracker, &offsets, ok, now_ms);
+        }
+        let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
+        tracker.complete(frontier);
+        if let Some(offsets) = committer.next(&tracker, now_ms) {
+            if let Err(e) = src.commit(&offsets, CommitMode::Async) {
+                tracing::warn!(error = %format!("{e:#}"), "offset commit not sent; retrying");
+                committer.answered(&mut tracker, &offsets, false, now_ms);
+            }
+        }
 
         let out_now = summary.borrow().observations();
-        progress.fetch_add(out_now - reported, Ordering::Relaxed);
+        progress.fetch_add(out_now.saturating_sub(reported), Ordering::Relaxed);
         reported = out_now;
 
         if drained && tel.borrow().done() && outbox.borrow().is_empty() {
@@ -390,20 +483,54 @@ fn worker_loop(
         }
         if let Some(at) = shutdown_at {
             if at.elapsed() > Duration::from_millis(kafka.shutdown_timeout_ms) {
-                bail!(
-                    "shutdown did not drain within {} ms; uncommitted input will be read again",
+                halt(format_args!(
+                    "the graceful stop did not drain within kafka.shutdown_timeout_ms ({} ms); uncommitted input will be read again",
                     kafka.shutdown_timeout_ms
-                );
+                ));
             }
         }
     }
-    sink::Outbox::drain(&producer, Duration::from_millis(kafka.shutdown_timeout_ms))?;
-    let ready = tracker.ready(u64::MAX);
-    src.commit(&ready, CommitMode::Sync)?;
+    if let Err(e) = sink::Outbox::drain(&producer, Duration::from_millis(kafka.shutdown_timeout_ms)) {
+        halt(format_args!("{e:#}; uncommitted input will be read again"));
+    }
+    final_commit(&src, &mut tracker, kafka, metrics.as_deref());
     tracing::info!(worker = index, "stopped");
     let s = summary.borrow().clone();
     Ok(s)
 }
 
-use std::cell::RefCell;
-use std::rc::Rc;
+/// Commits everything delivered, synchronously, retrying until `shutdown_timeout_ms`; a
+/// commit that cannot be completed is fatal (the input after the last commit is read again).
+fn final_commit(
+    src: &source::Source,
+    tracker: &mut OffsetTracker,
+    kafka: &KafkaConfig,
+    metrics: Option<&crate::metrics::Metrics>,
+) {
+    tracker.complete(u64::MAX);
+    let deadline = Instant::now() + Duration::from_millis(kafka.shutdown_timeout_ms);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let offsets = tracker.uncommitted();
+        match src.commit(&offsets, CommitMode::Sync) {
+            Ok(()) => {
+                tracker.confirmed(&offsets);
+                return;
+            }
+            Err(e) => {
+                if let Some(m) = metrics {
+                    m.commit_failures.inc();
+                }
+                if Instant::now() + backoff > deadline {
+                    halt(format_args!(
+                        "the final offset commit failed until kafka.shutdown_timeout_ms ({} ms): {e:#}; uncommitted input will be read again",
+                        kafka.shutdown_timeout_ms
+                    ));
+                }
+                tracing::warn!(error = %format!("{e:#}"), "final offset commit failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

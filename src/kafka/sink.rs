@@ -1,22 +1,39 @@
 //! The Kafka sinks of one worker: verdicts (key = observation id), commitments and dead
-//! letters (with provenance headers) through one idempotent producer. `QueueFull` and a
-//! slow or absent broker are backpressure — records stay in the outbox and the worker
-//! stops reading — never loss. The sink operator holds the capability of every tick with
-//! unacknowledged records, so the frontier after it means "delivered".
+//! letters (with provenance headers) through one idempotent producer. The sink operator holds
+//! the capability of every tick with unacknowledged records, so the frontier after it means
+//! "delivered".
+//!
+//! Every producer error is classified here, once (see `fatal.rs` for the whole list):
+//! - **transient**: `QueueFull`, a slow or absent broker (the producer never gives up on a
+//!   record, `message.timeout.ms = 0`), a record refused only because it shared a batch with a
+//!   refused one (`_INVALID_DIFFERENT_RECORD`, resent). Records stay queued, the worker stops
+//!   reading, and the breaker sees the outage.
+//! - **per-record** ([`PER_RECORD`]): the broker refuses this record for good. Unless the
+//!   record was sent on its own, the refusal may be its batch's fault (a broker that reports
+//!   no record errors fails the whole batch), so it is resent alone first; refused alone,
+//!   a verdict becomes a `produce_refused` dead letter. A verdict longer than
+//!   `limits.max_output_bytes` becomes an `output_too_large` one before it is sent.
+//! - **fatal**: every other code (authorisation, a deleted topic, the idempotent producer's
+//!   fatal state, …), and a refused commitment or dead letter, which have no input to stand
+//!   for: [`Outbox::fatal`] is set and the driver halts.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use bizra_dataflows::dead_letter::DeadLetter;
+use bizra_dataflows::bounds;
+use bizra_dataflows::dead_letter::{DeadLetter, ErrorKind};
 use bizra_dataflows::operators::commit::Output;
 use bizra_dataflows::operators::held::{held, Acknowledged};
+use bizra_dataflows::operators::wall_ms;
 use bizra_dataflows::stats::WindowStats;
+use bizra_dataflows::wire::write_output;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -27,26 +44,105 @@ use timely::scheduling::Activator;
 use super::breaker::Breaker;
 use super::KafkaConfig;
 
-/// One delivery report: the tick of the record and whether the broker acknowledged it.
-pub type Ack = (u64, Result<(), String>);
+/// One delivery report: the record's slot (or [`STATS_SLOT`]) and the broker's answer.
+pub type Ack = (usize, Result<(), KafkaError>);
 
-/// Forwards delivery reports (run on the thread that polls the producer) to the worker.
-pub struct DeliveryContext {
-    acks: Mutex<Sender<Ack>>,
+/// Broker error codes that refuse one record for good: its size, its content, its timestamp.
+pub const PER_RECORD: &[RDKafkaErrorCode] = &[
+    RDKafkaErrorCode::MessageSizeTooLarge,
+    RDKafkaErrorCode::InvalidMessageSize,
+    RDKafkaErrorCode::InvalidMessage,
+    RDKafkaErrorCode::InvalidRecord,
+    RDKafkaErrorCode::MessageBatchTooLarge,
+    RDKafkaErrorCode::InvalidTimestamp,
+    RDKafkaErrorCode::PolicyViolation,
+];
+
+/// How a producer error is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Send the record again.
+    Resend,
+    /// This record is refused (see the module documentation).
+    PerRecord,
+    /// No record can cure it.
+    Fatal,
 }
 
-impl ClientContext for DeliveryContext {}
+/// The class of a delivery error. Transient errors never reach a delivery report (the
+/// producer retries them for ever), so what is not resent or per-record is fatal.
+pub fn classify(e: &KafkaError) -> Class {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::InvalidDifferentRecord) => Class::Resend,
+        Some(code) if PER_RECORD.contains(&code) => Class::PerRecord,
+        _ => Class::Fatal,
+    }
+}
+
+/// What the client callbacks (run on the thread that polls the producer) tell the worker.
+#[derive(Default)]
+pub struct ClientEvents {
+    /// librdkafka reported all brokers down since the last look.
+    pub all_down: AtomicBool,
+    /// A broker connection failed since the last look.
+    pub transport_failed: AtomicBool,
+    /// An error no record can cure (the idempotent producer's fatal state, authentication, TLS).
+    pub fatal: Mutex<Option<String>>,
+}
+
+impl ClientEvents {
+    /// Sorts one of librdkafka's global errors (the `error` callback of any client).
+    pub fn record(&self, error: &KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.all_down.store(true, Ordering::Relaxed),
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::Resolve) => {
+                self.transport_failed.store(true, Ordering::Relaxed)
+            }
+            Some(
+                RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::SSL
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed,
+            ) => {
+                let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+                f.get_or_insert_with(|| format!("{error}: {reason}"));
+            }
+            _ => {}
+        }
+    }
+
+    /// The fatal error recorded, if any.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Forwards delivery reports and client errors (run on the thread that polls the producer)
+/// to the worker.
+pub struct DeliveryContext {
+    acks: Mutex<Sender<Ack>>,
+    events: Arc<ClientEvents>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "kafka producer");
+        self.events.record(&error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tick: usize) {
-        let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
+        let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone());
         let _ = self
             .acks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send((tick as u64, outcome));
+            .send((slot, outcome));
     }
 }
 
@@ -64,20 +160,67 @@ pub const PRODUCER_SETTINGS: &[(&str, &str)] = &[
     // Verdict JSON is ~2 KB and compresses ~4×: the broker's bytes are the bottleneck.
     ("compression.type", "lz4"),
     ("queue.buffering.max.messages", "100000"),
+    // Room for the largest output (limits.max_output_bytes, 1,000,000 by default) with its
+    // key and headers; checked against the limit at start (`check_message_limit`).
+    ("message.max.bytes", "1048576"),
 ];
 
-/// Creates the idempotent producer and the receiver of its delivery reports.
-pub fn producer(cfg: &KafkaConfig) -> anyhow::Result<(BaseProducer<DeliveryContext>, Receiver<Ack>)> {
+/// Bytes a record needs beyond its value within `message.max.bytes`: the key (an id of at
+/// most 256 bytes), the provenance headers, and librdkafka's per-message framing.
+pub const RECORD_FRAMING_BYTES: usize = 16 * 1024;
+
+/// The producer's `message.max.bytes` as configured (bizra's default, or an override).
+pub fn message_max_bytes(cfg: &KafkaConfig) -> Result<usize, String> {
+    let key = "message.max.bytes";
+    let set = cfg.producer_options.get(key).or_else(|| cfg.options.get(key));
+    let default = PRODUCER_SETTINGS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let text = set.map(String::as_str).or(default).unwrap_or("1000000");
+    text.parse()
+        .map_err(|_| format!("kafka option \"{key}\": expected a number of bytes, found {text:?}"))
+}
+
+/// Start-up check: the producer takes every output bizra may write (`max_output_bytes`
+/// plus key, headers and framing), so that a size refusal can only be the broker's.
+pub fn check_message_limit(cfg: &KafkaConfig, max_output_bytes: usize) -> Result<(), String> {
+    let limit = message_max_bytes(cfg)?;
+    let needed = max_output_bytes + RECORD_FRAMING_BYTES;
+    if limit < needed {
+        return Err(format!(
+            "kafka option \"message.max.bytes\" is {limit}: expected at least limits.max_output_bytes ({max_output_bytes}) + {RECORD_FRAMING_BYTES} for key, headers and framing = {needed}; raise it or lower limits.max_output_bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the idempotent producer, the receiver of its delivery reports and what its client
+/// callbacks report. `queue_bytes` bounds librdkafka's queue in bytes (an explicit
+/// `queue.buffering.max.kbytes` option wins).
+pub fn producer(
+    cfg: &KafkaConfig,
+    queue_bytes: usize,
+) -> anyhow::Result<(BaseProducer<DeliveryContext>, Receiver<Ack>, Arc<ClientEvents>)> {
     let (tx, rx) = channel();
     let mut c = cfg.client_config();
     for (k, v) in PRODUCER_SETTINGS {
         c.set(*k, *v);
     }
+    c.set(
+        "queue.buffering.max.kbytes",
+        (queue_bytes / 1024).max(1).to_string(),
+    );
+    if crate::faults::armed(crate::faults::PRODUCER_NOT_IDEMPOTENT) {
+        c.set("enable.idempotence", "false");
+    }
+    let events = Arc::new(ClientEvents::default());
+    let context = DeliveryContext {
+        acks: Mutex::new(tx),
+        events: events.clone(),
+    };
     let p = cfg
         .with_options(c, true)
-        .create_with_context(DeliveryContext { acks: Mutex::new(tx) })
+        .create_with_context(context)
         .context("creating the Kafka producer")?;
-    Ok((p, rx))
+    Ok((p, rx, events))
 }
 
 /// A record waiting to be handed to the producer; serialized only when it is handed over,
@@ -87,18 +230,43 @@ pub struct Pending {
     out: Output,
 }
 
+/// A record handed to the producer and not yet acknowledged.
+struct Flight {
+    pending: Pending,
+    /// Sent while nothing else was in flight: a per-record refusal is this record's own.
+    alone: bool,
+}
+
 const VERDICTS: usize = 0;
 const COMMITMENTS: usize = 1;
 const DLQ: usize = 2;
 const STATS: usize = 3;
 /// The delivery opaque of window-statistics records: they belong to no tick (their windows
-/// are recomputed from the input after a restart), but are still flushed before exit.
-const STATS_TICK: usize = usize::MAX;
+/// are recomputed from the input after a restart) and hold no slot, but are still flushed
+/// before exit.
+pub const STATS_SLOT: usize = usize::MAX;
+
+/// What the sink tells the worker about the records it handled in one call.
+pub trait Written {
+    /// `o` was handed to the producer (after the size check that may have replaced it).
+    fn written(&mut self, o: &Output);
+    /// `o`, counted as written, was refused for good and replaced by `instead`.
+    fn replaced(&mut self, o: &Output, instead: &Output);
+}
 
 /// Per-worker state shared by the sink operator and the worker loop.
 pub struct Outbox {
     queue: VecDeque<Pending>,
-    /// Unacknowledged records per tick (queued or in the producer).
+    /// Records refused with their batch: resent one at a time, alone, before anything else.
+    suspects: VecDeque<Pending>,
+    /// Records handed to the producer, by slot (the delivery opaque); `free` lists empty slots.
+    flight: Vec<Option<Flight>>,
+    free: Vec<usize>,
+    in_flight: usize,
+    /// Suspects in flight (at most one): nothing else goes until it is answered, so that its
+    /// partition's batch holds it alone.
+    alone_in_flight: usize,
+    /// Unacknowledged records per tick (queued, suspected or in the producer).
     unacked: BTreeMap<u64, u64>,
     /// Window statistics waiting for the producer.
     stats: VecDeque<WindowStats>,
@@ -106,9 +274,14 @@ pub struct Outbox {
     stats_unacked: u64,
     /// Serialization buffer, reused for every record.
     scratch: Vec<u8>,
+    /// `limits.max_output_bytes`.
+    max_output_bytes: usize,
+    /// Since when records have waited with no acknowledgement (`None`: nothing waits, or an
+    /// acknowledgement came since).
+    waiting_since_ms: Option<u64>,
     /// Wakes the sink operator when acknowledgements arrive.
     activator: Option<Activator>,
-    /// A delivery failed definitely: stop, commit nothing more.
+    /// An error no record can cure: the driver halts.
     pub fatal: Option<String>,
 }
 
@@ -133,14 +306,29 @@ fn dead_letter_headers(d: &DeadLetter) -> OwnedHeaders {
     })
 }
 
+fn topic_of(o: &Output) -> usize {
+    match o {
+        Output::Verdict(_) => VERDICTS,
+        Output::Commitment(_) => COMMITMENTS,
+        Output::DeadLetter(_) => DLQ,
+    }
+}
+
 impl Outbox {
-    pub fn new() -> Rc<RefCell<Outbox>> {
+    pub fn new(max_output_bytes: usize) -> Rc<RefCell<Outbox>> {
         Rc::new(RefCell::new(Outbox {
             queue: VecDeque::new(),
+            suspects: VecDeque::new(),
+            flight: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            alone_in_flight: 0,
             unacked: BTreeMap::new(),
             stats: VecDeque::new(),
             stats_unacked: 0,
             scratch: Vec::with_capacity(4096),
+            max_output_bytes,
+            waiting_since_ms: None,
             activator: None,
             fatal: None,
         }))
@@ -153,87 +341,192 @@ impl Outbox {
 
     /// Records not yet handed to the producer.
     pub fn queued(&self) -> usize {
-        self.queue.len() + self.stats.len()
+        self.queue.len() + self.suspects.len() + self.stats.len()
     }
 
     /// True when nothing is queued or unacknowledged.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.unacked.is_empty() && self.stats.is_empty() && self.stats_unacked == 0
+        self.queue.is_empty()
+            && self.suspects.is_empty()
+            && self.unacked.is_empty()
+            && self.stats.is_empty()
+            && self.stats_unacked == 0
     }
 
-    /// Hands queued records to the producer until it is full or the breaker says no.
+    /// Hands queued records to the producer until it is full or the breaker says no. While
+    /// records are suspected, only they go, one at a time.
     pub fn flush(
         &mut self,
         producer: &BaseProducer<DeliveryContext>,
         topics: &[String; 4],
         breaker: &Breaker,
         now_ms: u64,
+        counts: &mut impl Written,
     ) {
-        // Outputs first (they hold back offset commits), then window statistics.
-        // The breaker is asked once per record, as a half-open breaker counts its calls.
-        while !(self.queue.is_empty() && self.stats.is_empty()) && breaker.allow(now_ms) {
-            self.scratch.clear();
-            let (topic, opaque, key, headers): (usize, usize, Option<Cow<'_, str>>, _) =
-                if let Some(p) = self.queue.front() {
-                    let tick = p.tick as usize;
-                    match &p.out {
-                        Output::Verdict(v) => {
-                            bizra_dataflows::wire::write_verdict(&mut self.scratch, v);
-                            (VERDICTS, tick, Some(Cow::Borrowed(v.id.as_str())), None)
-                        }
-                        Output::Commitment(c) => {
-                            serde_json::to_writer(&mut self.scratch, c).expect("commitments serialize");
-                            (COMMITMENTS, tick, None, None)
-                        }
-                        Output::DeadLetter(d) => {
-                            serde_json::to_writer(&mut self.scratch, d).expect("dead letters serialize");
-                            (DLQ, tick, None, Some(dead_letter_headers(d)))
-                        }
-                    }
-                } else if let Some(w) = self.stats.front() {
-                    serde_json::to_writer(&mut self.scratch, w).expect("window stats serialize");
-                    let key = format!("{}/{}", w.domain, w.window_end_ms);
-                    (STATS, STATS_TICK, Some(Cow::Owned(key)), None)
-                } else {
+        self.watch(breaker, now_ms);
+        loop {
+            if self.fatal.is_some() {
+                return;
+            }
+            let isolating = !self.suspects.is_empty();
+            if self.alone_in_flight > 0 || (isolating && self.in_flight > 0) {
+                // A suspect goes once everything else is answered, and nothing goes with it.
+                break;
+            }
+            let source = if isolating {
+                &mut self.suspects
+            } else {
+                &mut self.queue
+            };
+            let Some(p) = source.pop_front() else { break };
+            if !breaker.allow(now_ms) {
+                source.push_front(p);
+                return;
+            }
+            match self.send(producer, topics, p, isolating, counts) {
+                None => {}
+                Some(p) => {
+                    // QueueFull: back to where it was, and try again next time.
+                    let source = if isolating {
+                        &mut self.suspects
+                    } else {
+                        &mut self.queue
+                    };
+                    source.push_front(p);
                     return;
-                };
-            let mut rec = BaseRecord::with_opaque_to(&topics[topic], opaque).payload(&self.scratch);
-            if let Some(k) = &key {
-                rec = rec.key(k.as_ref());
+                }
             }
-            if let Some(h) = headers {
-                rec = rec.headers(h);
+        }
+        // Then window statistics, which hold back no offset.
+        while let Some(w) = self.stats.front() {
+            if !breaker.allow(now_ms) {
+                return;
             }
+            self.scratch.clear();
+            serde_json::to_writer(&mut self.scratch, w).expect("window stats serialize");
+            let key = format!("{}/{}", w.domain, w.window_end_ms);
+            let rec = BaseRecord::with_opaque_to(&topics[STATS], STATS_SLOT)
+                .payload(&self.scratch)
+                .key(&key);
             match producer.send(rec) {
-                Ok(()) if topic == STATS => {
+                Ok(()) => {
                     self.stats.pop_front();
                     self.stats_unacked += 1;
                 }
-                Ok(()) => {
-                    self.queue.pop_front();
-                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => return,
                 Err((e, _)) => {
-                    // Not retriable by waiting (e.g. a record over the broker's size limit).
-                    breaker.record_failure(now_ms);
-                    self.fatal = Some(format!("producing to {}: {e}", topics[topic]));
-                    return;
+                    tracing::warn!(error = %e, "window statistics not written");
+                    self.stats.pop_front();
                 }
             }
         }
     }
 
-    /// Applies delivery reports; returns how many were acknowledged and how many failed.
-    pub fn apply(&mut self, acks: &Receiver<Ack>, breaker: &Breaker, now_ms: u64) -> (usize, usize) {
-        let (mut n, mut failed) = (0, 0);
-        while let Ok((tick, outcome)) = acks.try_recv() {
-            if tick == STATS_TICK as u64 {
-                self.stats_unacked = self.stats_unacked.saturating_sub(1);
+    /// Serializes `p` (replacing a verdict that is too long) and hands it to the producer;
+    /// gives it back (`Some`) on `QueueFull`.
+    fn send(
+        &mut self,
+        producer: &BaseProducer<DeliveryContext>,
+        topics: &[String; 4],
+        mut p: Pending,
+        alone: bool,
+        counts: &mut impl Written,
+    ) -> Option<Pending> {
+        self.scratch.clear();
+        let len = write_output(&mut self.scratch, &p.out);
+        if len > self.max_output_bytes {
+            let why = format!(
+                "it is {len} bytes, more than limits.max_output_bytes ({})",
+                self.max_output_bytes
+            );
+            match bounds::refused(&p.out, ErrorKind::OutputTooLarge, &why, wall_ms()) {
+                Ok(dead) => {
+                    p.out = Output::DeadLetter(dead);
+                    self.scratch.clear();
+                    write_output(&mut self.scratch, &p.out);
+                }
+                Err(fatal) => {
+                    self.fatal = Some(fatal);
+                    return None;
+                }
             }
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.flight.push(None);
+            self.flight.len() - 1
+        });
+        let topic = topic_of(&p.out);
+        let key: Option<Cow<'_, str>> = match &p.out {
+            Output::Verdict(v) => Some(Cow::Borrowed(v.id.as_str())),
+            _ => None,
+        };
+        let mut rec = BaseRecord::with_opaque_to(&topics[topic], slot).payload(&self.scratch);
+        if let Some(k) = &key {
+            rec = rec.key(k.as_ref());
+        }
+        if let Output::DeadLetter(d) = &p.out {
+            rec = rec.headers(dead_letter_headers(d));
+        }
+        match producer.send(rec) {
+            Ok(()) => {
+                counts.written(&p.out);
+                self.flight[slot] = Some(Flight { pending: p, alone });
+                self.in_flight += 1;
+                self.alone_in_flight += usize::from(alone);
+                None
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                self.free.push(slot);
+                Some(p)
+            }
+            Err((e, _)) => {
+                self.free.push(slot);
+                // Refused before it left: the error is this record's own.
+                let flight = Flight {
+                    pending: p,
+                    alone: true,
+                };
+                counts.written(&flight.pending.out);
+                self.refuse(flight, &e, counts);
+                None
+            }
+        }
+    }
+
+    /// Applies delivery reports: acknowledged records are done; refused ones are resent,
+    /// suspected, replaced by a dead letter, or fatal (see the module documentation).
+    /// Returns how many were acknowledged and how many failed.
+    pub fn apply(
+        &mut self,
+        acks: &Receiver<Ack>,
+        breaker: &Breaker,
+        counts: &mut impl Written,
+    ) -> (usize, usize) {
+        let (mut n, mut failed) = (0, 0);
+        let suspects_before = self.suspects.len();
+        while let Ok((slot, outcome)) = acks.try_recv() {
+            if outcome.is_ok() {
+                breaker.record_success();
+                n += 1;
+                self.waiting_since_ms = None;
+            }
+            if slot == STATS_SLOT {
+                self.stats_unacked = self.stats_unacked.saturating_sub(1);
+                if let Err(e) = outcome {
+                    failed += 1;
+                    tracing::warn!(error = %e, "window statistics not written");
+                }
+                continue;
+            }
+            let Some(flight) = self.flight.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            self.free.push(slot);
+            self.in_flight -= 1;
+            self.alone_in_flight -= usize::from(flight.alone);
             match outcome {
                 Ok(()) => {
-                    breaker.record_success();
-                    n += 1;
+                    let tick = flight.pending.tick;
                     if let Some(c) = self.unacked.get_mut(&tick) {
                         *c -= 1;
                         if *c == 0 {
@@ -243,10 +536,16 @@ impl Outbox {
                 }
                 Err(e) => {
                     failed += 1;
-                    breaker.record_failure(now_ms);
-                    self.fatal = Some(format!("delivery failed: {e}"));
+                    self.refuse(flight, &e, counts);
                 }
             }
+        }
+        let suspected = self.suspects.len().saturating_sub(suspects_before);
+        if suspected > 0 {
+            tracing::warn!(
+                records = suspected,
+                "a batch was refused; resending its records one at a time to find the refused ones"
+            );
         }
         if n > 0 {
             if let Some(a) = &self.activator {
@@ -254,6 +553,60 @@ impl Outbox {
             }
         }
         (n, failed)
+    }
+
+    /// Handles a record the producer or the broker refused with `e`.
+    fn refuse(&mut self, flight: Flight, e: &KafkaError, counts: &mut impl Written) {
+        let Flight { pending, alone } = flight;
+        match classify(e) {
+            Class::Resend => self.queue.push_front(pending),
+            Class::PerRecord if !alone => {
+                tracing::debug!(error = %e, "record refused with its batch; resending it on its own");
+                self.suspects.push_back(pending);
+            }
+            Class::PerRecord => {
+                let why = format!("the broker refused it: {e}");
+                match bounds::refused(&pending.out, ErrorKind::ProduceRefused, &why, wall_ms()) {
+                    Ok(dead) => {
+                        let instead = Output::DeadLetter(dead);
+                        counts.replaced(&pending.out, &instead);
+                        tracing::warn!(error = %e, "record refused; writing a dead letter instead");
+                        // The dead letter takes the record's place, and its tick stays held.
+                        self.queue.push_front(Pending {
+                            tick: pending.tick,
+                            out: instead,
+                        });
+                    }
+                    Err(fatal) => {
+                        self.fatal.get_or_insert(fatal);
+                    }
+                }
+            }
+            Class::Fatal => {
+                let topic = ["verdicts", "commitments", "dead letters", "stats"][topic_of(&pending.out)];
+                self.fatal
+                    .get_or_insert_with(|| format!("producing {topic}: {e}"));
+            }
+        }
+    }
+
+    /// Opens the breaker when records have waited `ack_timeout_ms` with no acknowledgement.
+    fn watch(&mut self, breaker: &Breaker, now_ms: u64) {
+        let waiting = !self.queue.is_empty() || !self.suspects.is_empty() || self.in_flight > 0;
+        if !waiting {
+            self.waiting_since_ms = None;
+            breaker.idle(now_ms);
+            return;
+        }
+        let since = *self.waiting_since_ms.get_or_insert(now_ms);
+        if now_ms.saturating_sub(since) >= breaker.ack_timeout_ms() {
+            tracing::warn!(
+                waited_ms = now_ms - since,
+                "no delivery acknowledged; treating the broker as down"
+            );
+            breaker.trip(now_ms);
+            self.waiting_since_ms = Some(now_ms);
+        }
     }
 
     /// Waits (at shutdown only) for the producer to deliver everything handed to it.
@@ -283,4 +636,63 @@ impl Acknowledged<Output> for Outbox {
 /// tick's capability until all of its records are acknowledged.
 pub fn sink<'s>(stream: StreamVec<'s, u64, Output>, outbox: Rc<RefCell<Outbox>>) -> StreamVec<'s, u64, ()> {
     held(stream, "kafka-sink", outbox)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(code: RDKafkaErrorCode) -> KafkaError {
+        KafkaError::MessageProduction(code)
+    }
+
+    #[test]
+    fn errors_are_classified_once() {
+        assert_eq!(
+            classify(&err(RDKafkaErrorCode::InvalidDifferentRecord)),
+            Class::Resend
+        );
+        for code in PER_RECORD {
+            assert_eq!(classify(&err(*code)), Class::PerRecord, "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::Fatal,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+        ] {
+            assert_eq!(classify(&err(code)), Class::Fatal, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn the_message_limit_must_hold_the_largest_output() {
+        let mut cfg = KafkaConfig::default();
+        assert_eq!(check_message_limit(&cfg, 1_000_000), Ok(()));
+        cfg.producer_options
+            .insert("message.max.bytes".into(), "500000".into());
+        let e = check_message_limit(&cfg, 1_000_000).unwrap_err();
+        assert!(
+            e.contains("500000") && e.contains("limits.max_output_bytes"),
+            "{e}"
+        );
+        assert_eq!(check_message_limit(&cfg, 400_000), Ok(()));
+        cfg.producer_options
+            .insert("message.max.bytes".into(), "lots".into());
+        assert!(check_message_limit(&cfg, 1).unwrap_err().contains("lots"));
+    }
+
+    #[test]
+    fn client_errors_are_sorted_into_down_and_fatal() {
+        let ev = ClientEvents::default();
+        ev.record(
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        assert!(ev.all_down.load(Ordering::Relaxed));
+        assert_eq!(ev.fatal(), None);
+        ev.record(&KafkaError::Global(RDKafkaErrorCode::SSL), "handshake failed");
+        assert!(ev.fatal().unwrap().contains("handshake failed"));
+    }
 }

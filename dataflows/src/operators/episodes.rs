@@ -111,6 +111,7 @@ mod tests {
         PipelineConfig {
             limits: Default::default(),
             max_message_bytes: 1 << 20,
+            max_future_ms: u64::MAX,
             verify: Default::default(),
             policy: Arc::new(Policy::reference()),
             keyring: Arc::new(Keyring::new()),

@@ -473,6 +473,7 @@ mod tests {
                     position: pos,
                     ingest_ms: 0,
                     event_ms: 0,
+                    future_dated: false,
                 },
                 id_hash: id_hash(id),
             }),

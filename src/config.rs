@@ -92,6 +92,10 @@ pub struct PipelineSettings {
     /// written and acknowledged), each record counted as its length plus
     /// [`RECORD_OVERHEAD_BYTES`]: the bound on memory that holds for any mix of record sizes.
     pub max_inflight_bytes: usize,
+    /// How long the processes of a timely cluster may take to connect to each other; a
+    /// process whose peers are not all there by then ends with an error instead of waiting
+    /// for ever (a peer that died before the cluster formed).
+    pub cluster_timeout_ms: u64,
 }
 
 /// What a record costs in flight beyond its bytes: its verdict (about 2 KB of JSON, more as a

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,6 +54,33 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// With several processes: a watchdog that halts the process if the cluster has not
+    /// formed (every worker running) within `timeout_ms`. Timely connects the processes
+    /// before any worker runs and waits for a missing peer for ever; the workers set the
+    /// returned flag when they start.
+    pub(crate) fn watch_formation(&self, timeout_ms: u64) -> Arc<AtomicBool> {
+        let formed = Arc::new(AtomicBool::new(false));
+        if self.processes > 1 {
+            let (flag, processes) = (formed.clone(), self.processes);
+            std::thread::Builder::new()
+                .name("bizra-cluster-watch".into())
+                .spawn(move || {
+                    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                    while Instant::now() < deadline {
+                        if flag.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    crate::fatal::halt(format_args!(
+                        "the timely cluster did not form within pipeline.cluster_timeout_ms = {timeout_ms} ms: not all of the {processes} processes of --hostfile connected (one died or never started)"
+                    ));
+                })
+                .expect("spawning the cluster watchdog");
+        }
+        formed
+    }
+
     pub(crate) fn timely_config(&self) -> anyhow::Result<timely::Config> {
         let communication = if self.processes > 1 {
             let path = self
@@ -414,7 +441,9 @@ pub fn run(
 
     let worker_summaries = summaries.clone();
     let worker_progress = progress.clone();
+    let formed = cluster.watch_formation(pacing.cluster_timeout_ms);
     let guards = timely::execute(timely_cfg, move |worker| {
+        formed.store(true, Ordering::Relaxed);
         let index = worker.index();
         let peers = worker.peers();
         let threads = cluster.workers;

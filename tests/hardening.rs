@@ -463,6 +463,52 @@ fn a_killed_process_of_a_cluster_ends_the_others() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
 
+/// A peer that dies before the cluster forms (or never starts) must not leave the others
+/// waiting for ever: they end after `pipeline.cluster_timeout_ms`.
+#[test]
+fn a_cluster_whose_peer_never_comes_ends_after_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .unwrap();
+    let cfg = dir.path().join("timeout.toml");
+    std::fs::write(&cfg, "[pipeline]\ncluster_timeout_ms = 2000\n").unwrap();
+    let started = Instant::now();
+    let alone = bizra()
+        .args([
+            "run",
+            "-q",
+            "--gen",
+            "1000",
+            "-w",
+            "1",
+            "-n",
+            "2",
+            "-p",
+            "0",
+            "--output",
+            "/dev/null",
+        ])
+        .arg("--hostfile")
+        .arg(&hostfile)
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (status, stderr, took) = finish(alone, started, Duration::from_secs(30));
+    assert!(!status.success());
+    let line = fatal_line(&stderr);
+    assert!(line.contains("cluster_timeout_ms = 2000"), "{line}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
+}
+
 #[test]
 fn a_missing_data_dir_is_created_on_the_first_run() {
     let dir = tempfile::tempdir().unwrap();

@@ -215,8 +215,10 @@ pub fn run(
     // One breaker for the process: an outage is the broker's, not one worker's.
     let breaker = Arc::new(Breaker::new(kafka.breaker.clone()));
     let clock = Instant::now();
+    let formed = cluster.watch_formation(bounds.pacing.cluster_timeout_ms);
 
     let guards = timely::execute(timely_cfg, move |worker| {
+        formed.store(true, Ordering::Relaxed);
         let control = Control {
             shutdown: &shutdown,
             progress: &progress,

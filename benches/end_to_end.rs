@@ -11,7 +11,6 @@ use bizra::gen::{GenConfig, Generator};
 use bizra::io::OutputSpec;
 use bizra::run::{run, Cluster, Outputs, Source};
 use bizra_dataflows::observation::Urgency;
-use bizra_dataflows::pipeline::PipelineConfig;
 use bizra_dataflows::policy::Policy;
 use bizra_dataflows::verification::signature::Keyring;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -21,17 +20,12 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
     let g = Generator::new(gen, None);
     let mut keyring = Keyring::new();
     keyring.insert(g.key_id().to_owned(), g.key().verifying_key());
-    let pipeline = PipelineConfig {
-        limits: cfg.limits.decode(),
-        max_message_bytes: cfg.limits.max_message_bytes,
-        max_future_ms: cfg.stats.max_future_ms,
-        verify: cfg.verification.clone(),
-        policy: Arc::new(Policy::reference()),
-        keyring: Arc::new(keyring),
-        signing_key: Arc::new(ed25519_dalek::SigningKey::from_bytes(&[1; 32])),
-        run: [0; 8],
-        explain: cfg.output.explain.style(),
-    };
+    let pipeline = cfg.pipeline(
+        Policy::reference(),
+        keyring,
+        ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        [0; 8],
+    );
     let outputs = Outputs {
         verdicts: OutputSpec::Null,
         commitments: OutputSpec::Null,

@@ -54,6 +54,30 @@ pub struct LimitsConfig {
     pub max_output_bytes: usize,
 }
 
+impl Config {
+    /// The pipeline's configuration: this tree's limits, verification, event-time clamp and
+    /// explanation style, with the loaded policy, keyring and node key, under `run`.
+    pub fn pipeline(
+        &self,
+        policy: Policy,
+        keyring: Keyring,
+        signing_key: SigningKey,
+        run: [u8; 8],
+    ) -> bizra_dataflows::pipeline::PipelineConfig {
+        bizra_dataflows::pipeline::PipelineConfig {
+            limits: self.limits.decode(),
+            max_message_bytes: self.limits.max_message_bytes,
+            max_future_ms: self.stats.max_future_ms,
+            verify: self.verification.clone(),
+            policy: std::sync::Arc::new(policy),
+            keyring: std::sync::Arc::new(keyring),
+            signing_key: std::sync::Arc::new(signing_key),
+            run,
+            explain: self.output.explain.style(),
+        }
+    }
+}
+
 impl LimitsConfig {
     /// The limits the decoder applies.
     pub fn decode(&self) -> Limits {

@@ -14,7 +14,6 @@ use bizra::gen::{GenConfig, Generator};
 use bizra::io::{InputSpec, OutputSpec};
 use bizra::run::{self, Cluster, Outputs, Source};
 use bizra_dataflows::observation::Urgency;
-use bizra_dataflows::pipeline::PipelineConfig;
 use bizra_dataflows::verification::signature::{self, Keyring};
 use clap::{Args, Parser, Subcommand};
 use ed25519_dalek::SigningKey;
@@ -507,17 +506,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     telemetry.consolidate = compressor.as_ref().map(|c| (cfg.consolidate.clone(), c.sender()));
     let mut run_id = [0u8; 8];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut run_id);
-    let pipeline = PipelineConfig {
-        limits: cfg.limits.decode(),
-        max_message_bytes: cfg.limits.max_message_bytes,
-        max_future_ms: cfg.stats.max_future_ms,
-        verify: cfg.verification.clone(),
-        policy: Arc::new(policy),
-        keyring: Arc::new(keyring),
-        signing_key: Arc::new(signing_key),
-        run: run_id,
-        explain: cfg.output.explain.style(),
-    };
+    let pipeline = cfg.pipeline(policy, keyring, signing_key, run_id);
     let cluster = Cluster {
         workers: a.workers.max(1),
         processes: a.processes.max(1),

@@ -22,7 +22,6 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
 use crate::broker::Broker;
-use crate::common::free_port;
 use crate::kafka::{by_input, generated, keygen, topics, wait_for_all};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -139,12 +138,7 @@ pub fn campaign(dir: &Path) -> String {
     let mut broker = Broker::start();
     topics(&broker, PARTITIONS as u32);
     keygen(dir);
-    let hostfile = dir.join("hosts");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    let hostfile = crate::common::two_process_hostfile(dir);
     let mut runs = Runs {
         bin: binary(),
         broker_addr: broker.addr(),

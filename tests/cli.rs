@@ -7,8 +7,6 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::common::free_port;
-
 fn bizra() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bizra"));
     c.env("RUST_LOG", "warn");
@@ -154,12 +152,7 @@ fn verdicts_are_identical_on_1_and_4_workers_and_2_processes() {
     run_args(&mut cmd, &four, &key);
     ok(cmd.args(gen_args).args(["-w", "4"]).output().unwrap());
 
-    let hostfile = dir.path().join("hosts");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    let hostfile = crate::common::two_process_hostfile(dir.path());
     let cluster = files(dir.path(), "n2");
     let mut children = Vec::new();
     for p in ["0", "1"] {

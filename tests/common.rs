@@ -33,6 +33,17 @@ pub fn stable(v: &Value) -> Value {
 /// shares).
 pub use crate::broker::free_port;
 
+/// Writes `dir/hosts`, a hostfile for a two-process timely cluster on free local ports.
+pub fn two_process_hostfile(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("hosts");
+    std::fs::write(
+        &path,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .unwrap();
+    path
+}
+
 /// Scrapes `http://ADDR/metrics`, checks every line of the exposition parses (and with
 /// `promtool check metrics`, when installed, that it lints clean), and returns each metric
 /// name with the sum of its series.

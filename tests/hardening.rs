@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::free_port;
-
 fn bizra() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bizra"));
     c.env("RUST_LOG", "warn");
@@ -421,12 +419,7 @@ fn an_archive_writer_panic_ends_the_run_with_one_line() {
 #[test]
 fn a_killed_process_of_a_cluster_ends_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let hostfile = dir.path().join("hosts");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    let hostfile = crate::common::two_process_hostfile(dir.path());
     let spawn = |p: &str| {
         bizra()
             .args([
@@ -468,12 +461,7 @@ fn a_killed_process_of_a_cluster_ends_the_others() {
 #[test]
 fn a_cluster_whose_peer_never_comes_ends_after_the_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let hostfile = dir.path().join("hosts");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    let hostfile = crate::common::two_process_hostfile(dir.path());
     let cfg = dir.path().join("timeout.toml");
     std::fs::write(&cfg, "[pipeline]\ncluster_timeout_ms = 2000\n").unwrap();
     let started = Instant::now();

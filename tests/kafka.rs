@@ -402,12 +402,7 @@ fn two_processes_of_two_workers_match_one_worker() {
     };
     let one = config("one");
     let four = config("four");
-    let hostfile = dir.path().join("hosts");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    let hostfile = crate::common::two_process_hostfile(dir.path());
 
     let mut single = bizra(&broker, dir.path(), &["--config", one.to_str().unwrap()]);
     let mut cluster: Vec<Child> = ["0", "1"]

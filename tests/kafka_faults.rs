@@ -313,12 +313,7 @@ fn a_cluster_whose_clocks_disagree_by_seconds_reads_every_partition() {
     keygen(dir.path());
     let lines = generated(2_000, 0.0, false);
     produce(&broker, &lines, 4);
-    let hostfile = dir.path().join("hosts");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    let hostfile = crate::common::two_process_hostfile(dir.path());
     let spawn = |p: &str, skew: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_bizra"));
         c.env("RUST_LOG", "warn")

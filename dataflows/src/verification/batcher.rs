@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::replay::ReplayGuard;
 use super::sampling::{is_sampled, sample_fraction, sample_size, wilson_lower_bound};
-use super::signature::{observation_message, verify_batch, verify_one, Keyring, SigCheck};
+use super::signature::{observation_message, s_is_canonical, verify_batch, verify_one, Keyring, SigCheck};
 use super::{BatchRef, Checks, DigestCheck, SignatureCheck, Tier, Verification};
+use crate::observation::SignatureRef;
 use crate::record::{BatchEvent, Checked, Scored, Seal};
 
 /// Verification settings (config section `[verification]`).
@@ -128,8 +129,9 @@ impl ShardVerifier {
             let signature = match (&d.obs.signature, self.cfg.require_signatures) {
                 (None, false) => SignatureCheck::Absent,
                 (None, true) => SignatureCheck::RequiredMissing,
-                // Decided by the tier below.
-                (Some(_), _) => SignatureCheck::SampledOut,
+                // The cheap checks here, on every item of every tier; the Ed25519 check, if
+                // these pass, by the tier below (`SampledOut` until then).
+                (Some(sig), _) => cheap_signature_check(&self.keyring, sig),
             };
             let tier = Tier::for_urgency(d.obs.urgency);
             by_tier[tier as usize].push((
@@ -395,6 +397,20 @@ impl ShardVerifier {
         for c in held.iter_mut() {
             c.verification = verification(Tier::Full, c.verification.checks, 1.0);
         }
+    }
+}
+
+/// The signature checks that cost no Ed25519 verification: a key id not in the keyring
+/// (`UnknownKey`) and an `s` that is not reduced mod ℓ (`Bad`, it can never verify). Made on
+/// every signed item in every tier, so that an item the statistical tier leaves unsampled
+/// cannot pass with either. `SampledOut` means the signature still has to be verified.
+fn cheap_signature_check(keyring: &Keyring, sig: &SignatureRef) -> SignatureCheck {
+    if keyring.get(&sig.key_id).is_none() {
+        SignatureCheck::UnknownKey
+    } else if !s_is_canonical(&sig.sig) {
+        SignatureCheck::Bad
+    } else {
+        SignatureCheck::SampledOut
     }
 }
 
@@ -673,6 +689,57 @@ mod tests {
         out.clear();
         v.process(vec![scored(no[2], 3, Urgency::RealTime, Some(true))], 1, &mut out);
         assert_eq!(items(&out)[0].verification.checks.signature, SignatureCheck::Ok);
+    }
+
+    /// `scored` with its signature under a key id that is not in the keyring, or with its
+    /// `s` half replaced by ℓ (not reduced, so it can never verify).
+    fn forged(id: &str, pos: u64, urgency: Urgency, unknown_key: bool) -> Scored {
+        let mut s = scored(id, pos, urgency, Some(true));
+        let sig = s.decoded.obs.signature.as_mut().unwrap();
+        if unknown_key {
+            sig.key_id = "00000000deadbeef".into();
+        } else {
+            sig.sig[32..].copy_from_slice(&crate::verification::signature::ORDER_LE);
+        }
+        s
+    }
+
+    #[test]
+    fn unknown_keys_and_unreduced_signatures_are_invalid_in_every_tier_sampled_or_not() {
+        // A sample of nothing: only the cheap checks run in the statistical tier.
+        let c = VerifyConfig {
+            statistical_confidence: 0.0,
+            ..cfg(64)
+        };
+        for urgency in [Urgency::RealTime, Urgency::NearRealTime, Urgency::Batch] {
+            let mut v = ShardVerifier::new(0, c.clone(), keyring());
+            let mut out = Vec::new();
+            let epoch = vec![
+                scored("good", 0, urgency, Some(true)),
+                forged("unknown", 1, urgency, true),
+                forged("unreduced", 2, urgency, false),
+            ];
+            v.process(epoch, 0, &mut out);
+            v.seal_all(&mut out);
+            let got: Vec<_> = items(&out)
+                .iter()
+                .map(|c| (c.verification.checks.signature, c.verification.valid))
+                .collect();
+            let good = if urgency == Urgency::RealTime {
+                SignatureCheck::SampledOut
+            } else {
+                SignatureCheck::Ok
+            };
+            assert_eq!(
+                got,
+                [
+                    (good, true),
+                    (SignatureCheck::UnknownKey, false),
+                    (SignatureCheck::Bad, false)
+                ],
+                "{urgency:?}"
+            );
+        }
     }
 
     #[test]

@@ -190,6 +190,25 @@ impl SigCheck {
     }
 }
 
+/// The group order ℓ = 2²⁵² + 27742317777372353535851937790883648493, little-endian.
+pub(crate) const ORDER_LE: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+/// Whether the signature's `s` half (bytes 32..64, little-endian) is reduced mod ℓ, as
+/// RFC 8032 §5.1.7 requires. A signature whose `s` is not can never verify; telling so costs
+/// 32 byte comparisons, so it is checked on every item, sampled or not (SPEC §2.2).
+pub fn s_is_canonical(sig: &[u8; 64]) -> bool {
+    for i in (0..32).rev() {
+        let (b, l) = (sig[32 + i], ORDER_LE[i]);
+        if b != l {
+            return b < l;
+        }
+    }
+    false
+}
+
 /// Checks one signature over `message` under the keyring's key `key_id`.
 pub fn verify_one(keyring: &Keyring, key_id: &str, message: &[u8], sig: &[u8; 64]) -> SigCheck {
     match keyring.get(key_id) {
@@ -250,6 +269,28 @@ mod tests {
 
     fn b64(pk: &VerifyingKey) -> String {
         STANDARD.encode(pk.as_bytes())
+    }
+
+    #[test]
+    fn s_is_canonical_compares_s_with_the_group_order() {
+        let sig = key(1).sign(b"m").to_bytes();
+        assert!(s_is_canonical(&sig), "a real signature's s is reduced");
+        let with_s = |s_le: [u8; 32]| {
+            let mut x = sig;
+            x[32..].copy_from_slice(&s_le);
+            x
+        };
+        assert!(!s_is_canonical(&with_s(ORDER_LE)), "s = ℓ");
+        let mut below = ORDER_LE;
+        below[0] -= 1;
+        assert!(s_is_canonical(&with_s(below)), "s = ℓ − 1");
+        assert!(!s_is_canonical(&with_s([0xff; 32])));
+        assert!(s_is_canonical(&with_s([0; 32])));
+        // ed25519-dalek agrees: an unreduced s never verifies.
+        let pk = key(1).verifying_key();
+        let mut forged = sig;
+        forged[32..].copy_from_slice(&ORDER_LE);
+        assert!(pk.verify_strict(b"m", &Signature::from_bytes(&forged)).is_err());
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub fn spawn_reader(
                             position: position as u64,
                             ingest_ms: wall_ms(),
                             message_ms: None,
+                            broker_ms: None,
                             oversize: (total > max_message_bytes).then_some(total),
                         });
                         let flush = chunk.len() >= chunk_records

@@ -544,6 +544,7 @@ pub fn run(
                             position: i,
                             ingest_ms: now,
                             message_ms: None,
+                            broker_ms: None,
                             oversize: None,
                         });
                     }

@@ -15,6 +15,7 @@ fn raw(bytes: Vec<u8>) -> RawRecord {
         position: 0,
         ingest_ms: 0,
         message_ms: None,
+        broker_ms: None,
         oversize: None,
     }
 }

@@ -126,4 +126,8 @@ pub struct Origin {
     pub event_ms: i64,
     /// The claimed event time was more than `stats.max_future_ms` past the ingest time.
     pub future_dated: bool,
+    /// A time the sender does not control, for the replay guard's age test: the broker's
+    /// timestamp (LogAppendTime), else the ingest time.
+    #[serde(default)]
+    pub arrival_ms: i64,
 }

@@ -35,8 +35,10 @@ pub struct RawRecord {
     /// Input order (see [`Origin::position`]).
     pub position: u64,
     pub ingest_ms: i64,
-    /// Kafka message timestamp, if any.
+    /// Kafka message timestamp, if any (the producer's CreateTime, or the broker's).
     pub message_ms: Option<i64>,
+    /// The message timestamp when the broker set it (LogAppendTime), which no sender controls.
+    pub broker_ms: Option<i64>,
     /// Set when the source cut the record at the message limit: its full length.
     pub oversize: Option<usize>,
 }
@@ -93,6 +95,7 @@ pub fn decode_record(
                     input: r.input,
                     position: r.position,
                     ingest_ms: r.ingest_ms,
+                    arrival_ms: r.broker_ms.unwrap_or(r.ingest_ms),
                     event_ms,
                     future_dated,
                 },

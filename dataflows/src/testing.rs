@@ -41,6 +41,7 @@ pub fn checked(
         input,
         ingest_ms,
         message_ms: None,
+        broker_ms: None,
         oversize: None,
     };
     let decoded = decode_record(raw, &Limits::default(), 1 << 21, u64::MAX).expect("a valid observation");

@@ -381,6 +381,10 @@ impl Source {
                         position: ((*p as u64) << 40) | (m.offset() as u64 & ((1 << 40) - 1)),
                         ingest_ms: now,
                         message_ms: m.timestamp().to_millis(),
+                        broker_ms: match m.timestamp() {
+                            rdkafka::Timestamp::LogAppendTime(ms) => Some(ms),
+                            _ => None,
+                        },
                         oversize,
                     });
                     if !more {

@@ -103,6 +103,7 @@ mod tests {
             position: i as u64,
             ingest_ms: 0,
             message_ms: None,
+            broker_ms: None,
             oversize: None,
         }
     }

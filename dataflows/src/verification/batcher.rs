@@ -120,7 +120,8 @@ impl ShardVerifier {
         let mut by_tier: [Vec<(Scored, Checks)>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for s in items {
             let d = &s.decoded;
-            let replay = self.replay.check_and_insert(d.id_hash, d.origin.event_ms);
+            // The age test uses the arrival time: the sender picks `timestamp`, not this.
+            let replay = self.replay.check_and_insert(d.id_hash, d.origin.arrival_ms);
             let digest = match d.obs.digest {
                 None => DigestCheck::Absent,
                 Some(claim) if claim == d.obs.payload_sha256 => DigestCheck::Ok,
@@ -490,6 +491,7 @@ mod tests {
                     ingest_ms: 0,
                     event_ms: 0,
                     future_dated: false,
+                    arrival_ms: 0,
                 },
                 id_hash: id_hash(id),
             }),
@@ -740,6 +742,34 @@ mod tests {
                 "{urgency:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_replay_age_test_uses_the_arrival_time_not_the_senders_timestamp() {
+        let c = VerifyConfig {
+            replay_window_ms: 1000,
+            ..cfg(64)
+        };
+        let at = |pos: u64, event_ms: i64, arrival_ms: i64| {
+            let mut s = scored("same-id", pos, Urgency::NearRealTime, None);
+            s.decoded.origin.event_ms = event_ms;
+            s.decoded.origin.arrival_ms = arrival_ms;
+            s
+        };
+        let replays = |epoch: Vec<Scored>| {
+            let mut v = ShardVerifier::new(0, c.clone(), keyring());
+            let mut out = Vec::new();
+            v.process(epoch, 0, &mut out);
+            items(&out)
+                .iter()
+                .map(|c| c.verification.checks.replay)
+                .collect::<Vec<_>>()
+        };
+        // A copy dated a year later by its sender, arriving 10 ms after the first: a replay.
+        let year = 365 * 24 * 3_600_000;
+        assert_eq!(replays(vec![at(0, 0, 0), at(1, year, 10)]), [false, true]);
+        // The same claimed time, arriving 2 s later: past the window, not a replay.
+        assert_eq!(replays(vec![at(0, 0, 0), at(1, 0, 2000)]), [false, false]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! adapters of the embedded mode. The stages and operators live in `bizra-dataflows`.
 //!
 //! # Layout
-//! - `main.rs`: the CLI (`run`, `gen`, `keygen`, `verify`) and exit codes.
+//! - `main.rs`: the CLI (`run`, `gen`, `keygen`, `sign`, `verify`, `audit`) and exit codes.
 //! - `archive/`: the episodic audit archive — xz segments, hash chain per shard, writer pool,
 //!   retention, verify and lookup.
 //! - `config`: the configuration tree, embedded defaults, policy/keyring/key loading.
@@ -17,6 +17,8 @@
 //! - `kafka/`: Kafka mode — source, sinks, offset commits, circuit breaker.
 //! - `recall`: recent episodes by observation id (bounded LRU), similar-episode search (HNSW).
 //! - `run`: timely workers, the driver loop with bounded in-flight epochs, the summary.
+//! - `sign_cmd`: `bizra sign`, a producer's signer: sets each observation's digest and
+//!   §3.2 signature.
 //! - `verify_cmd`: the independent checker of verdicts against commitments.
 //! - `audit_cmd`: `bizra audit get|verify|similar` over the episode archive.
 
@@ -36,5 +38,6 @@ pub mod kafka;
 pub mod metrics;
 pub mod recall;
 pub mod run;
+pub mod sign_cmd;
 pub mod telemetry;
 pub mod verify_cmd;

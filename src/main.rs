@@ -13,6 +13,7 @@ use bizra::config::{self, Config, ConfigError};
 use bizra::gen::{GenConfig, Generator};
 use bizra::io::{InputSpec, OutputSpec};
 use bizra::run::{self, Cluster, Outputs, Source};
+use bizra::sign_cmd::{keyring_entry, Signer};
 use bizra_dataflows::observation::Urgency;
 use bizra_dataflows::verification::signature::{self, Keyring};
 use clap::{Args, Parser, Subcommand};
@@ -63,6 +64,19 @@ enum Command {
         /// Replace an existing key file.
         #[arg(long)]
         force: bool,
+    },
+    /// Sign observations as a producer: set each one's `digest` and SPEC §3.2 `signature`
+    /// under a key made by `bizra keygen`; exit 1 at the first line that is not an observation.
+    Sign {
+        /// The producer's key file (made by `bizra keygen`; readable by its owner only).
+        #[arg(long)]
+        key: PathBuf,
+        /// JSONL observations to sign; `-` is stdin.
+        #[arg(long, default_value = "-")]
+        input: String,
+        /// Where the signed observations go; `-` is stdout.
+        #[arg(long, default_value = "-")]
+        output: String,
     },
     /// Read the episodic audit archive written by `bizra run --data-dir`.
     Audit {
@@ -231,6 +245,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd_run(*a),
         Command::Gen(a) => cmd_gen(a),
         Command::Keygen { out, force } => cmd_keygen(&out, force),
+        Command::Sign { key, input, output } => cmd_sign(&key, &input, &output),
         Command::Audit { command } => cmd_audit(command),
         Command::Verify {
             verdicts,
@@ -276,8 +291,7 @@ fn cmd_audit(c: AuditCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn keyring_text(name: &str, key: &SigningKey) -> String {
-    let pk = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
-    format!("[keys]\n{name} = \"{pk}\"\n")
+    format!("[keys]\n{}\n", keyring_entry(name, &key.verifying_key()))
 }
 
 fn cmd_gen(a: GenArgs) -> anyhow::Result<ExitCode> {
@@ -301,6 +315,17 @@ fn cmd_gen(a: GenArgs) -> anyhow::Result<ExitCode> {
         w.write_all(b"\n")?;
     }
     w.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_sign(key: &Path, input: &str, output: &str) -> anyhow::Result<ExitCode> {
+    let signer = Signer::new(config::load_signing_key(key)?);
+    eprintln!(
+        "key_id: {} (keyring line: {})",
+        signer.key_id(),
+        signer.keyring_line()
+    );
+    bizra::sign_cmd::sign(&signer, input, output)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,13 +7,13 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-fn bizra() -> Command {
+pub(crate) fn bizra() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bizra"));
     c.env("RUST_LOG", "warn");
     c
 }
 
-fn ok(out: Output) -> Output {
+pub(crate) fn ok(out: Output) -> Output {
     assert!(
         out.status.success(),
         "bizra failed: {}\n{}",
@@ -23,7 +23,7 @@ fn ok(out: Output) -> Output {
     out
 }
 
-fn read_jsonl(p: &Path) -> Vec<Value> {
+pub(crate) fn read_jsonl(p: &Path) -> Vec<Value> {
     std::fs::read_to_string(p)
         .unwrap()
         .lines()
@@ -59,7 +59,7 @@ fn run_args(cmd: &mut Command, f: &RunFiles, key: &Path) {
         .arg("-q");
 }
 
-fn keygen(dir: &Path) -> (PathBuf, String) {
+pub(crate) fn keygen(dir: &Path) -> (PathBuf, String) {
     let key = dir.join("node.key");
     let out = ok(bizra().args(["keygen", "--out"]).arg(&key).output().unwrap());
     (key, String::from_utf8(out.stdout).unwrap().trim().to_owned())

@@ -12,4 +12,5 @@ mod kafka;
 mod kafka_faults;
 mod merkle_vectors;
 mod proxy;
+mod sign;
 mod state;

@@ -24,6 +24,7 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
         Policy::reference(),
         keyring,
         ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        bizra_dataflows::testing::test_key(),
         [0; 8],
     );
     let outputs = Outputs {
@@ -31,6 +32,8 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
         commitments: OutputSpec::Null,
         dead_letters: OutputSpec::Null,
         stats: OutputSpec::Null,
+        rollbacks: OutputSpec::Null,
+        replay: None,
     };
     let cluster = Cluster {
         workers,

@@ -243,7 +243,13 @@ fn main() {
     broker.create_topic("bench.in", PARTITIONS as u32);
     broker.create_topic("bench.live", PARTITIONS as u32);
     broker.create_topic("bench.live.verdicts", 1);
-    for t in ["bizra.commitments", "bizra.dlq", "bizra.stats"] {
+    for t in [
+        "bizra.commitments",
+        "bizra.dlq",
+        "bizra.stats",
+        "bizra.rollbacks",
+        "bizra.replay",
+    ] {
         broker.create_topic(t, 1);
     }
 

@@ -8,6 +8,7 @@ use bizra_dataflows::bounds;
 use bizra_dataflows::decode::Limits;
 use bizra_dataflows::explain::Style;
 use bizra_dataflows::policy::Policy;
+use bizra_dataflows::verification::sampling::SampleKey;
 use bizra_dataflows::verification::signature::{self, Keyring};
 use bizra_dataflows::verification::VerifyConfig;
 use ed25519_dalek::SigningKey;
@@ -62,6 +63,7 @@ impl Config {
         policy: Policy,
         keyring: Keyring,
         signing_key: SigningKey,
+        sample_key: SampleKey,
         run: [u8; 8],
     ) -> bizra_dataflows::pipeline::PipelineConfig {
         bizra_dataflows::pipeline::PipelineConfig {
@@ -69,6 +71,8 @@ impl Config {
             max_message_bytes: self.limits.max_message_bytes,
             max_future_ms: self.stats.max_future_ms,
             verify: self.verification.clone(),
+            sample_key,
+            replay: None,
             policy: std::sync::Arc::new(policy),
             keyring: std::sync::Arc::new(keyring),
             signing_key: std::sync::Arc::new(signing_key),
@@ -296,12 +300,28 @@ impl Config {
                 l.max_output_bytes
             ));
         }
-        let commitment = bounds::commitment_max_bytes(self.verification.batch_size);
+        // A batch holds its verdicts and as many rollbacks at most.
+        let commitment = bounds::commitment_max_bytes(2 * self.verification.batch_size);
         if l.max_output_bytes < commitment {
             return Err(format!(
-                "limits.max_output_bytes: expected at least {commitment} (the commitment of a batch of verification.batch_size = {} leaves), found {}",
+                "limits.max_output_bytes: expected at least {commitment} (the commitment of a batch of verification.batch_size = {} leaves and as many rollbacks), found {}",
                 self.verification.batch_size, l.max_output_bytes
             ));
+        }
+        let others = [
+            (
+                "a rollback",
+                bounds::rollback_max_bytes(self.verification.batch_size, MAX_TOPIC_BYTES),
+            ),
+            ("a replay-log record", bounds::REPLAY_RECORD_MAX_BYTES),
+        ];
+        for (what, bytes) in others {
+            if l.max_output_bytes < bytes {
+                return Err(format!(
+                    "limits.max_output_bytes: expected at least {bytes} (the largest {what}), found {}",
+                    l.max_output_bytes
+                ));
+            }
         }
         Ok(())
     }
@@ -343,6 +363,16 @@ pub fn parse_keyring(text: &str, path: &Path) -> Result<Keyring, ConfigError> {
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, ConfigError> {
     check_private(path)?;
     signature::signing_key_from_file_text(&read(path)?).map_err(|e| invalid(path, e.to_string()))
+}
+
+/// Loads the sampling secret written by `bizra keygen --sampling` (the node key's file
+/// format: one line of standard base64 of 32 bytes), refused if others may read it: whoever
+/// knows it can pick ids the statistical sample skips and ids that share a replay bucket.
+pub fn load_sampling_key(path: &Path) -> Result<SampleKey, ConfigError> {
+    check_private(path)?;
+    let seed =
+        signature::signing_key_from_file_text(&read(path)?).map_err(|e| invalid(path, e.to_string()))?;
+    Ok(SampleKey::from_secret(&seed.to_bytes()))
 }
 
 /// Refuses a secret file that anyone but its owner may read or write; a root-owned file may

@@ -14,8 +14,11 @@
 //! - `inflight`: the sources' byte budget (`pipeline.max_inflight_bytes`).
 //! - `gen`: the deterministic generator of realistic observations.
 //! - `io`: reader thread (JSONL → raw records) and writer threads (lines → files/stdout).
-//! - `kafka/`: Kafka mode — source, sinks, offset commits, circuit breaker.
+//! - `kafka/`: Kafka mode — source, sinks, offset commits, circuit breaker, and the replay
+//!   state's restore from its topic.
 //! - `recall`: recent episodes by observation id (bounded LRU), similar-episode search (HNSW).
+//! - `replay_state`: the replay guard's state in `--data-dir`: restored at start, appended
+//!   and compacted by a writer thread.
 //! - `run`: timely workers, the driver loop with bounded in-flight epochs, the summary.
 //! - `sign_cmd`: `bizra sign`, a producer's signer: sets each observation's digest and
 //!   §3.2 signature.
@@ -37,6 +40,7 @@ pub mod io;
 pub mod kafka;
 pub mod metrics;
 pub mod recall;
+pub mod replay_state;
 pub mod run;
 pub mod sign_cmd;
 pub mod telemetry;

@@ -55,7 +55,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Write generated observations as JSONL to stdout.
     Gen(GenArgs),
-    /// Make a node signing key; prints its public key (standard base64, raw 32 bytes).
+    /// Make a node signing key (prints its public key, standard base64 of the raw 32 bytes),
+    /// or with --sampling the deployment's sampling secret (prints its public id).
     Keygen {
         /// Where to write the key (created with mode 0600; an existing file is kept unless
         /// --force; a symbolic link is refused).
@@ -64,6 +65,10 @@ enum Command {
         /// Replace an existing key file.
         #[arg(long)]
         force: bool,
+        /// Make the secret of the statistical sample and the replay buckets
+        /// (`verification.sampling_key_path`), not a signing key.
+        #[arg(long)]
+        sampling: bool,
     },
     /// Sign observations as a producer: set each one's `digest` and SPEC §3.2 `signature`
     /// under a key made by `bizra keygen`; exit 1 at the first line that is not an observation.
@@ -83,12 +88,17 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Check verdicts against commitments and a public key; exit 1 on any failure.
+    /// Check verdicts (and rollbacks) against commitments and a public key; exit 1 on any
+    /// failure.
     Verify {
         #[arg(long)]
         verdicts: PathBuf,
         #[arg(long)]
         commitments: PathBuf,
+        /// Rollbacks (JSONL, SPEC §1.6) to check too: their leaves, proofs and the verdicts
+        /// they name.
+        #[arg(long)]
+        rollbacks: Option<PathBuf>,
         /// The node's public key: standard base64, or a file holding it.
         #[arg(long)]
         pubkey: String,
@@ -177,6 +187,14 @@ struct RunArgs {
     /// Node signing key for commitments; default: config `keys.signing_key_path`, else ephemeral.
     #[arg(long)]
     signing_key: Option<PathBuf>,
+    /// The deployment's sampling secret (`bizra keygen --sampling`); default: config
+    /// `verification.sampling_key_path`, else a random one for this run.
+    #[arg(long, value_name = "FILE")]
+    sampling_key: Option<PathBuf>,
+    /// Write rollbacks (JSONL, SPEC §1.6) here; without it they are counted, not written.
+    /// In Kafka mode they go to `kafka.rollbacks_topic`.
+    #[arg(long, value_name = "FILE")]
+    rollbacks: Option<PathBuf>,
     /// Worker threads per process.
     #[arg(short = 'w', long, default_value_t = 1)]
     workers: usize,
@@ -244,14 +262,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd_run(*a),
         Command::Gen(a) => cmd_gen(a),
-        Command::Keygen { out, force } => cmd_keygen(&out, force),
+        Command::Keygen { out, force, sampling } => cmd_keygen(&out, force, sampling),
         Command::Sign { key, input, output } => cmd_sign(&key, &input, &output),
         Command::Audit { command } => cmd_audit(command),
         Command::Verify {
             verdicts,
             commitments,
+            rollbacks,
             pubkey,
-        } => cmd_verify(&verdicts, &commitments, &pubkey),
+        } => cmd_verify(&verdicts, &commitments, rollbacks.as_deref(), &pubkey),
     };
     match result {
         Ok(code) => code,
@@ -329,13 +348,19 @@ fn cmd_sign(key: &Path, input: &str, output: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_keygen(out: &Path, force: bool) -> anyhow::Result<ExitCode> {
+fn cmd_keygen(out: &Path, force: bool, sampling: bool) -> anyhow::Result<ExitCode> {
+    // A sampling secret is 32 random bytes in the node key's file format.
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     write_secret(out, &signature::signing_key_to_file_text(&key), force)?;
-    println!(
-        "{}",
-        base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes())
-    );
+    if sampling {
+        let id = bizra_dataflows::verification::sampling::SampleKey::from_secret(&key.to_bytes()).id();
+        println!("sampling key {}", hex::encode(id));
+    } else {
+        println!(
+            "{}",
+            base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes())
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -391,20 +416,26 @@ fn write_secret(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
     written
 }
 
-fn cmd_verify(verdicts: &Path, commitments: &Path, pubkey: &str) -> anyhow::Result<ExitCode> {
+fn cmd_verify(
+    verdicts: &Path,
+    commitments: &Path,
+    rollbacks: Option<&Path>,
+    pubkey: &str,
+) -> anyhow::Result<ExitCode> {
     let text = if Path::new(pubkey).is_file() {
         std::fs::read_to_string(pubkey).with_context(|| format!("{pubkey}: cannot read"))?
     } else {
         pubkey.to_owned()
     };
     let pk = signature::parse_public_key(text.trim()).map_err(|e| anyhow::anyhow!("--pubkey: {e}"))?;
-    let report = bizra::verify_cmd::verify_files(verdicts, commitments, &pk)?;
+    let report = bizra::verify_cmd::verify_files(verdicts, commitments, rollbacks, &pk)?;
     for f in &report.failures {
         println!("FAIL {f}");
     }
     println!(
-        "checked {} verdicts ({} inclusion proofs) against {} commitments: {} failures",
+        "checked {} verdicts and {} rollbacks ({} inclusion proofs) against {} commitments: {} failures",
         report.verdicts,
+        report.rollbacks,
         report.proofs_checked,
         report.commitments,
         report.failures.len()
@@ -439,6 +470,30 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 public_key = %base64::engine::general_purpose::STANDARD.encode(k.verifying_key().as_bytes()),
                 key_id = %signature::key_id(&k.verifying_key()),
                 "ephemeral commitment key"
+            );
+            k
+        }
+    };
+    let sampling_path = a
+        .sampling_key
+        .clone()
+        .or_else(|| nonempty(&cfg.verification.sampling_key_path));
+    let sample_key = match &sampling_path {
+        Some(p) => config::load_sampling_key(p)?,
+        None if a.processes > 1 => {
+            return Err(ConfigError::Invalid {
+                path: "verification.sampling_key_path".into(),
+                message: "a cluster (-n > 1) needs a sampling key that every process shares: make one with `bizra keygen --sampling --out FILE` and give it with --sampling-key FILE".into(),
+            }
+            .into())
+        }
+        None => {
+            let mut secret = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+            let k = bizra_dataflows::verification::sampling::SampleKey::from_secret(&secret);
+            tracing::warn!(
+                id = %hex::encode(k.id()),
+                "ephemeral sampling key: the statistical sample and the replay buckets change at every start; set verification.sampling_key_path (bizra keygen --sampling)"
             );
             k
         }
@@ -531,7 +586,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     telemetry.consolidate = compressor.as_ref().map(|c| (cfg.consolidate.clone(), c.sender()));
     let mut run_id = [0u8; 8];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut run_id);
-    let pipeline = cfg.pipeline(policy, keyring, signing_key, run_id);
+    let mut pipeline = cfg.pipeline(policy, keyring, signing_key, sample_key, run_id);
     let cluster = Cluster {
         workers: a.workers.max(1),
         processes: a.processes.max(1),
@@ -553,6 +608,25 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         archive: lanes,
     };
     let summary = if kafka.brokers.is_empty() {
+        // With --data-dir the replay guard's window continues the last run's.
+        let replay = match &a.data_dir {
+            Some(dir) => {
+                let per_bucket =
+                    bizra_dataflows::verification::replay::per_bucket(cfg.verification.replay_window_ids);
+                let (state, intact) = bizra::replay_state::load(dir, &pipeline.sample_key, per_bucket)
+                    .with_context(|| format!("--data-dir {}: the replay state", dir.display()))?;
+                pipeline.replay = Some(state);
+                let compact = bizra::replay_state::compact_bytes(cfg.verification.replay_window_ids);
+                Some(bizra::replay_state::spawn_writer(
+                    dir,
+                    intact,
+                    pipeline.sample_key.clone(),
+                    per_bucket,
+                    compact,
+                )?)
+            }
+            None => None,
+        };
         let outputs = Outputs {
             verdicts: if a.output == "-" {
                 OutputSpec::Stdout
@@ -565,6 +639,8 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 .map_or(OutputSpec::Discard, OutputSpec::File),
             dead_letters: a.dlq.clone().map_or(OutputSpec::Discard, OutputSpec::File),
             stats: a.stats.clone().map_or(OutputSpec::Discard, OutputSpec::File),
+            rollbacks: a.rollbacks.clone().map_or(OutputSpec::Discard, OutputSpec::File),
+            replay,
         };
         started.store(true, Ordering::Relaxed);
         run::run(
@@ -577,9 +653,9 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             services,
         )
     } else {
-        if a.gen.is_some() || a.input != "-" || a.stats.is_some() {
+        if a.gen.is_some() || a.input != "-" || a.stats.is_some() || a.rollbacks.is_some() {
             anyhow::bail!(
-                "--gen, --input and --stats are for local files; with --brokers, statistics go to kafka.stats_topic"
+                "--gen, --input, --stats and --rollbacks are for local files; with --brokers, statistics go to kafka.stats_topic and rollbacks to kafka.rollbacks_topic"
             );
         }
         let shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -12,6 +12,7 @@ use bizra_dataflows::dead_letter::ErrorKind;
 use bizra_dataflows::ethics::Severity;
 use bizra_dataflows::operators::commit::Output;
 use bizra_dataflows::operators::{Stage, StageObserver, Structure};
+use bizra_dataflows::rollback::Reason;
 use bizra_dataflows::stats::WindowStats;
 use bizra_dataflows::verdict::Decision;
 use bizra_dataflows::verification::{SignatureCheck, Tier};
@@ -38,6 +39,8 @@ pub struct Metrics {
     pub commitments: IntCounter,
     pub signature_checks: IntCounterVec,
     pub verify_failures: IntCounter,
+    pub rollbacks: IntCounterVec,
+    pub deferred_check_lag: Histogram,
     pub delivery_failures: IntCounter,
     pub commit_failures: IntCounter,
     pub inflight_bytes: IntGauge,
@@ -123,6 +126,18 @@ impl Metrics {
             verify_failures: IntCounter::with_opts(opts(
                 "bizra_verify_failures_total",
                 "Verdicts whose verification failed (valid = false).",
+            ))?,
+            rollbacks: IntCounterVec::new(
+                opts(
+                    "bizra_verify_rollbacks_total",
+                    "Statistical verdicts emitted sampled_out whose later signature check failed, by reason.",
+                ),
+                &["reason"],
+            )?,
+            deferred_check_lag: Histogram::with_opts(hist(
+                "bizra_verify_deferred_check_lag_seconds",
+                "From a statistical verdict leaving sampled_out to its signature's later check.",
+                LATENCY_BUCKETS.to_vec(),
             ))?,
             delivery_failures: IntCounter::with_opts(opts(
                 "bizra_kafka_delivery_failures_total",
@@ -318,6 +333,8 @@ impl Metrics {
         r.register(Box::new(self.commitments.clone()))?;
         r.register(Box::new(self.signature_checks.clone()))?;
         r.register(Box::new(self.verify_failures.clone()))?;
+        r.register(Box::new(self.rollbacks.clone()))?;
+        r.register(Box::new(self.deferred_check_lag.clone()))?;
         r.register(Box::new(self.delivery_failures.clone()))?;
         r.register(Box::new(self.late_samples.clone()))?;
         r.register(Box::new(self.future_records.clone()))?;
@@ -366,6 +383,9 @@ impl Metrics {
         }
         for r in SignatureCheck::ALL {
             self.signature_checks.with_label_values(&[r.as_str()]);
+        }
+        for r in Reason::ALL {
+            self.rollbacks.with_label_values(&[r.as_str()]);
         }
         for s in Stage::ALL {
             self.stage_latency.with_label_values(&[s.name()]);
@@ -522,6 +542,7 @@ pub struct WorkerMetrics {
     commitments: LocalIntCounter,
     signature_checks: Vec<LocalIntCounter>,
     verify_failures: LocalIntCounter,
+    rollbacks: Vec<LocalIntCounter>,
     end_to_end: LocalHistogram,
     batch_size: LocalHistogram,
     seal: LocalHistogram,
@@ -538,6 +559,7 @@ pub struct WorkerMetrics {
 pub struct StageHistograms {
     latency: Vec<LocalHistogram>,
     state: Vec<Cell<usize>>,
+    deferred_lag: LocalHistogram,
 }
 
 impl StageObserver for StageHistograms {
@@ -547,6 +569,10 @@ impl StageObserver for StageHistograms {
 
     fn state(&self, structure: Structure, entries: usize) {
         self.state[structure as usize].set(entries);
+    }
+
+    fn deferred_check(&self, lag: Duration) {
+        self.deferred_lag.observe(lag.as_secs_f64());
     }
 }
 
@@ -570,6 +596,10 @@ impl WorkerMetrics {
                 .map(|r| m.signature_checks.with_label_values(&[r.as_str()]).local())
                 .collect(),
             verify_failures: m.verify_failures.local(),
+            rollbacks: Reason::ALL
+                .iter()
+                .map(|r| m.rollbacks.with_label_values(&[r.as_str()]).local())
+                .collect(),
             end_to_end: m.end_to_end_latency.local(),
             batch_size: m.batch_size.local(),
             seal: m.seal_duration.local(),
@@ -579,6 +609,7 @@ impl WorkerMetrics {
                     .map(|s| m.stage_latency.with_label_values(&[s.name()]).local())
                     .collect(),
                 state: Structure::ALL.iter().map(|_| Cell::new(0)).collect(),
+                deferred_lag: m.deferred_check_lag.local(),
             }),
             state_flushed: vec![0; Structure::ALL.len()],
             state_gauges: Structure::ALL
@@ -612,6 +643,8 @@ impl WorkerMetrics {
                 self.seal.observe(c.open_ms as f64 / 1000.0);
             }
             Output::DeadLetter(d) => self.dead_letters[d.error as usize].inc(),
+            Output::Rollback(r) => self.rollbacks[r.reason as usize].inc(),
+            Output::Replay(_) => {}
         }
     }
 
@@ -633,12 +666,14 @@ impl WorkerMetrics {
             .iter()
             .chain(&self.dead_letters)
             .chain(&self.signature_checks)
+            .chain(&self.rollbacks)
         {
             c.flush();
         }
         for h in &self.stages.latency {
             h.flush();
         }
+        self.stages.deferred_lag.flush();
         for ((now, flushed), gauge) in self
             .stages
             .state
@@ -681,6 +716,9 @@ mod tests {
             "bizra_sink_verdicts_total{decision=\"deny\",tier=\"full\"} 0",
             "bizra_sink_dead_letters_total{kind=\"message_too_large\"} 0",
             "bizra_verify_signature_checks_total{result=\"sampled_out\"} 0",
+            "bizra_verify_rollbacks_total{reason=\"signature_bad\"} 0",
+            "bizra_state_entries{structure=\"deferred_checks\"} 0",
+            "bizra_verify_deferred_check_lag_seconds_count 0",
             "bizra_stage_latency_seconds_count{stage=\"verify\"} 0",
             "bizra_window_observations{domain=\"other\",severity=\"problematic\",tier=\"statistical\"} 0",
             "bizra_kafka_circuit_breaker_state 0",

@@ -488,6 +488,7 @@ mod tests {
             root: "00".repeat(64),
             conditions: vec![],
             records: ids.iter().map(|id| record(id, None)).collect(),
+            rollbacks: Vec::new(),
         })
     }
 

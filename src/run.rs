@@ -24,6 +24,7 @@ use bizra_dataflows::verdict::Decision;
 use bizra_dataflows::verification::Tier;
 use bizra_dataflows::wire::write_output;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Exchange;
@@ -132,6 +133,11 @@ pub struct Outputs {
     pub dead_letters: OutputSpec,
     /// Window statistics (SPEC §1.5), one JSON line per window and key.
     pub stats: OutputSpec,
+    /// Rollbacks (SPEC §1.6), one JSON line each.
+    pub rollbacks: OutputSpec,
+    /// With `--data-dir`: the writer of the replay guard's state (`replay_state.rs`), in
+    /// every process (each keeps its own shards').
+    pub replay: Option<crate::replay_state::Writer>,
 }
 
 /// Counts for the closing summary.
@@ -144,6 +150,7 @@ pub struct Summary {
     pub invalid: u64,
     pub dead_letters: [u64; ErrorKind::ALL.len()],
     pub commitments: u64,
+    pub rollbacks: u64,
     pub elapsed: Duration,
 }
 
@@ -162,6 +169,7 @@ impl Summary {
         self.verdicts += o.verdicts;
         self.invalid += o.invalid;
         self.commitments += o.commitments;
+        self.rollbacks += o.rollbacks;
         for (a, b) in self.decisions.iter_mut().zip(o.decisions) {
             *a += b;
         }
@@ -201,6 +209,8 @@ impl Summary {
             }
             Output::Commitment(_) => add(&mut self.commitments),
             Output::DeadLetter(d) => add(&mut self.dead_letters[d.error as usize]),
+            Output::Rollback(_) => add(&mut self.rollbacks),
+            Output::Replay(_) => {}
         }
     }
 
@@ -214,12 +224,13 @@ impl Summary {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let n = self.observations();
         let mut s = format!(
-            "processed {n} observations in {:.2} s ({:.0}/s): {} verdicts, {} dead letters, {} commitments\n",
+            "processed {n} observations in {:.2} s ({:.0}/s): {} verdicts, {} dead letters, {} commitments, {} rollbacks\n",
             secs,
             n as f64 / secs,
             self.verdicts,
             self.dead_letters.iter().sum::<u64>(),
-            self.commitments
+            self.commitments,
+            self.rollbacks
         );
         let join = |pairs: Vec<(&str, u64)>| {
             pairs
@@ -274,11 +285,15 @@ const VERDICT: u8 = 0;
 const COMMITMENT: u8 = 1;
 const DEAD_LETTER: u8 = 2;
 const STATS: u8 = 3;
+const ROLLBACK: u8 = 4;
+/// The replay guard's records: binary frames, not lines.
+const REPLAY: u8 = 5;
+const KINDS: usize = 6;
 
 /// Lines waiting for the writer threads, per worker.
 struct Outbox {
-    senders: [Option<SyncSender<Vec<u8>>>; 4],
-    bufs: [Vec<u8>; 4],
+    senders: [Option<SyncSender<Vec<u8>>>; KINDS],
+    bufs: [Vec<u8>; KINDS],
     queued: VecDeque<(u8, Vec<u8>)>,
     /// `limits.max_output_bytes`: a longer verdict is written as an `output_too_large` dead
     /// letter instead.
@@ -304,6 +319,11 @@ impl Outbox {
         if self.senders[kind as usize].is_none() {
             return o;
         }
+        if let Output::Replay(r) = &o {
+            r.frame(&mut self.bufs[REPLAY as usize]);
+            self.end_chunk(REPLAY);
+            return o;
+        }
         let buf = &mut self.bufs[kind as usize];
         let start = buf.len();
         let len = write_output(buf, &o);
@@ -326,8 +346,13 @@ impl Outbox {
     }
 
     fn end_line(&mut self, kind: u8) {
+        self.bufs[kind as usize].push(b'\n');
+        self.end_chunk(kind);
+    }
+
+    /// Hands the buffer of `kind` to its writer's queue once it is large enough.
+    fn end_chunk(&mut self, kind: u8) {
         let buf = &mut self.bufs[kind as usize];
-        buf.push(b'\n');
         if buf.len() >= FLUSH_BYTES {
             let full = std::mem::replace(buf, Vec::with_capacity(FLUSH_BYTES + 16 * 1024));
             self.queued.push_back((kind, full));
@@ -337,7 +362,7 @@ impl Outbox {
     /// Hands buffered lines to the writers; returns false if a writer is gone.
     fn flush(&mut self, all: bool) -> bool {
         if all {
-            for kind in 0..4u8 {
+            for kind in 0..KINDS as u8 {
                 let buf = std::mem::take(&mut self.bufs[kind as usize]);
                 if !buf.is_empty() {
                     self.queued.push_back((kind, buf));
@@ -404,15 +429,17 @@ pub fn run(
     };
     let budget = pacing.max_inflight_bytes / readers;
 
-    // Outputs live in process 0; other processes route their lines there.
+    // Outputs live in process 0; other processes route their lines there. The replay
+    // guard's state is each process's own (its data directory).
     let mut handles = Vec::new();
-    let mut senders: [Option<SyncSender<Vec<u8>>>; 4] = [None, None, None, None];
+    let mut senders: [Option<SyncSender<Vec<u8>>>; KINDS] = Default::default();
     if is_first_process {
         for (i, spec) in [
             outputs.verdicts,
             outputs.commitments,
             outputs.dead_letters,
             outputs.stats,
+            outputs.rollbacks,
         ]
         .into_iter()
         .enumerate()
@@ -421,6 +448,10 @@ pub fn run(
             senders[i] = tx;
             handles.extend(h);
         }
+    }
+    if let Some((tx, h)) = outputs.replay {
+        senders[REPLAY as usize] = Some(tx);
+        handles.push(h);
     }
     let (reader_rx, reader_handle) = match &source {
         Source::Lines(spec) if is_first_process => {
@@ -482,7 +513,17 @@ pub fn run(
             };
             if multi {
                 // With several processes every line goes to a worker of process 0, which
-                // writes; lines are encoded where they were made to spread the work.
+                // writes; lines are encoded where they were made to spread the work. The
+                // replay guard's records stay in the process whose shards made them.
+                #[allow(clippy::result_large_err)] // two streams in one container, not an error
+                let (replay, out) = out.ok_err(|o| match o {
+                    Output::Replay(r) => Ok(r),
+                    o => Err(o),
+                });
+                sink(replay, outbox.clone(), |ob, r| {
+                    ob.write(Output::Replay(r));
+                })
+                .probe_with(&probe);
                 let encoded = out
                     .map(move |o| {
                         let (o, kind, line) = encode(o, max_output_bytes);
@@ -683,6 +724,8 @@ fn kind_of(o: &Output) -> u8 {
         Output::Verdict(_) => VERDICT,
         Output::Commitment(_) => COMMITMENT,
         Output::DeadLetter(_) => DEAD_LETTER,
+        Output::Rollback(_) => ROLLBACK,
+        Output::Replay(_) => REPLAY,
     }
 }
 

@@ -55,6 +55,8 @@ impl Runs {
         c.env("RUST_LOG", "error")
             .args(["run", "-q", "--brokers", &self.broker_addr, "--signing-key"])
             .arg(&self.key)
+            .arg("--sampling-key")
+            .arg(crate::common::sampling_key(self.key.parent().unwrap()))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         match cluster {

@@ -56,6 +56,8 @@ fn run_args(cmd: &mut Command, f: &RunFiles, key: &Path) {
         .arg(&f.dlq)
         .arg("--signing-key")
         .arg(key)
+        .arg("--sampling-key")
+        .arg(crate::common::sampling_key(key.parent().unwrap()))
         .arg("-q");
 }
 

@@ -33,6 +33,22 @@ pub fn stable(v: &Value) -> Value {
 /// shares).
 pub use crate::broker::free_port;
 
+/// `dir/sampling.key`, the deployment's sampling secret (`bizra keygen --sampling`), made on
+/// first use: the processes of a cluster must share one, and runs that continue each other
+/// keep their replay buckets with it.
+pub fn sampling_key(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("sampling.key");
+    if !path.exists() {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bizra"))
+            .args(["keygen", "--sampling", "--out"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    path
+}
+
 /// Writes `dir/hosts`, a hostfile for a two-process timely cluster on free local ports.
 pub fn two_process_hostfile(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("hosts");

@@ -5,6 +5,7 @@
 use bizra_dataflows::dead_letter::ErrorKind;
 use bizra_dataflows::decode::{decode, decode_field_by_field, Limits};
 use bizra_dataflows::pipeline::{decode_record, RawRecord};
+use bizra_dataflows::testing::test_key;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -63,7 +64,7 @@ proptest! {
 
     #[test]
     fn random_bytes_give_one_outcome_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let out = decode_record(raw(bytes.clone()), &Limits::default(), 1 << 20, u64::MAX);
+        let out = decode_record(raw(bytes.clone()), &Limits::default(), 1 << 20, u64::MAX, &test_key());
         if let Err(d) = out {
             prop_assert!(!d.message.is_empty());
             prop_assert!(d.raw_b64.len() >= bytes.len() * 4 / 3);
@@ -127,7 +128,7 @@ fn not_json_and_not_object_are_told_apart() {
 fn oversized_records_become_message_too_large() {
     let mut r = raw(b"{\"id\":\"x\"".to_vec());
     r.oversize = Some(5_000_000);
-    let d = decode_record(r, &Limits::default(), 2 << 20, u64::MAX).unwrap_err();
+    let d = decode_record(r, &Limits::default(), 2 << 20, u64::MAX, &test_key()).unwrap_err();
     assert_eq!(d.error, ErrorKind::MessageTooLarge);
     assert!(d.message.contains("5000000"));
 }

@@ -438,6 +438,8 @@ fn a_killed_process_of_a_cluster_ends_the_others() {
                 "--hostfile",
             ])
             .arg(&hostfile)
+            .arg("--sampling-key")
+            .arg(crate::common::sampling_key(dir.path()))
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
@@ -484,6 +486,8 @@ fn a_cluster_whose_peer_never_comes_ends_after_the_timeout() {
         .arg(&hostfile)
         .arg("--config")
         .arg(&cfg)
+        .arg("--sampling-key")
+        .arg(crate::common::sampling_key(dir.path()))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

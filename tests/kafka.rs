@@ -19,7 +19,14 @@ use crate::common::{free_port, stable};
 
 pub(crate) fn topics(b: &Broker, input_partitions: u32) {
     b.create_topic("bizra.observations", input_partitions);
-    for t in ["bizra.verdicts", "bizra.commitments", "bizra.dlq", "bizra.stats"] {
+    for t in [
+        "bizra.verdicts",
+        "bizra.commitments",
+        "bizra.dlq",
+        "bizra.stats",
+        "bizra.rollbacks",
+        "bizra.replay",
+    ] {
         b.create_topic(t, 1);
     }
 }
@@ -162,6 +169,8 @@ pub(crate) fn bizra(b: &Broker, dir: &Path, extra: &[&str]) -> Child {
         .env("RUST_LOG", "warn")
         .args(["run", "-q", "--brokers", &b.addr(), "--signing-key"])
         .arg(dir.join("node.key"))
+        .arg("--sampling-key")
+        .arg(crate::common::sampling_key(dir))
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

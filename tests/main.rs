@@ -1,6 +1,7 @@
 //! The one integration-test binary: each module proves one area of behaviour.
 
 mod archive;
+mod attacks;
 mod broker;
 mod chaos;
 mod cli;
@@ -12,5 +13,6 @@ mod kafka;
 mod kafka_faults;
 mod merkle_vectors;
 mod proxy;
+mod restarts;
 mod sign;
 mod state;

@@ -58,6 +58,18 @@ pub const fn commitment_max_bytes(batch_size: usize) -> usize {
     batch_size * 67 + 512
 }
 
+/// Largest JSON size of a rollback (SPEC §1.6) in a batch of `batch_size` verdicts, whose
+/// input topic name has at most `topic_bytes` bytes: an id of at most 256 bytes (escaped, up
+/// to 6 bytes each), the topic, the payload digest, two batch positions, the time and a proof
+/// of a tree of at most twice `batch_size` leaves (a verdict and its rollback each).
+pub const fn rollback_max_bytes(batch_size: usize, topic_bytes: usize) -> usize {
+    let depth = (usize::BITS - (2 * batch_size).leading_zeros()) as usize;
+    json_string_max(256) + json_string_max(topic_bytes) + depth * 67 + 512
+}
+
+/// Largest replay-log record (binary, `verification::replay_log`).
+pub const REPLAY_RECORD_MAX_BYTES: usize = crate::verification::replay_log::MAX_RECORD_BYTES;
+
 /// What becomes of an output that its sink refused (too large for it, or refused by the
 /// broker for good): a verdict is replaced by a dead letter of `kind` carrying its input's
 /// provenance; a commitment or dead letter has no input to stand for, so the refusal is fatal
@@ -80,6 +92,17 @@ pub fn refused(o: &Output, kind: ErrorKind, why: &str, at_ms: i64) -> Result<Dea
         Output::DeadLetter(d) => Err(format!(
             "a {} dead letter was not written: {why}",
             d.error.as_str()
+        )),
+        // A rollback stands for a verdict already out; losing it would leave that verdict
+        // standing. The replay log is the state the next start needs.
+        Output::Rollback(r) => Err(format!(
+            "the rollback of observation {:?} was not written: {why}",
+            clip(&r.id, ECHO_BYTES)
+        )),
+        Output::Replay(r) => Err(format!(
+            "a replay-log record of shard {} ({} sightings) was not written: {why}",
+            r.shard,
+            r.sightings.len()
         )),
     }
 }

@@ -25,6 +25,7 @@ use sha3::{Digest, Sha3_512};
 
 use crate::ethics::Severity;
 use crate::observation::InputRef;
+use crate::rollback::{Reason, Rollback};
 use crate::verdict::{Decision, Verdict};
 use crate::verification::commitment::Commitment;
 use crate::verification::leaf::LeafFields;
@@ -213,12 +214,54 @@ pub struct Episode {
     /// The distinct condition texts of the records, which refer to them by index.
     pub conditions: Vec<String>,
     pub records: Vec<EpisodeRecord>,
+    /// The batch's rollback leaves (SPEC §1.6), after its verdicts; usually none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollbacks: Vec<RollbackLeaf>,
+}
+
+/// A rollback leaf as the archive keeps it: what rebuilds its leaf, and the verdict it names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackLeaf {
+    pub id: String,
+    /// `sha256:<hex>` of the observation's payload.
+    pub payload_digest: String,
+    pub reason: Reason,
+    /// Position of the rollback's leaf in the batch.
+    pub leaf_index: u32,
+    /// Position of the rolled-back verdict's leaf in the same batch.
+    pub verdict_leaf: u32,
+}
+
+impl RollbackLeaf {
+    /// The compact form of `r`.
+    pub fn from_rollback(r: &Rollback) -> RollbackLeaf {
+        RollbackLeaf {
+            id: r.id.to_string(),
+            payload_digest: r.payload_digest.clone(),
+            reason: r.reason,
+            leaf_index: r.batch.leaf_index,
+            verdict_leaf: r.verdict_batch.leaf_index,
+        }
+    }
+
+    /// The rollback's Merkle leaf hash (SPEC §1.6); `None` if `payload_digest` is malformed.
+    pub fn leaf_hash(&self) -> Option<Hash> {
+        let mut sha = [0u8; 32];
+        hex::decode_to_slice(self.payload_digest.strip_prefix("sha256:")?, &mut sha).ok()?;
+        Some(crate::rollback::leaf_hash(&self.id, &sha, self.reason))
+    }
 }
 
 impl Episode {
-    /// An episode for `c` with `records` sorted into leaf order.
-    pub fn new(c: &Commitment, conditions: Conditions, mut records: Vec<EpisodeRecord>) -> Episode {
+    /// An episode for `c` with `records` and `rollbacks` sorted into leaf order.
+    pub fn new(
+        c: &Commitment,
+        conditions: Conditions,
+        mut records: Vec<EpisodeRecord>,
+        mut rollbacks: Vec<RollbackLeaf>,
+    ) -> Episode {
         records.sort_by_key(|r| r.leaf_index);
+        rollbacks.sort_by_key(|r| r.leaf_index);
         Episode {
             shard: c.shard,
             seq: c.seq,
@@ -227,6 +270,7 @@ impl Episode {
             root: c.root.clone(),
             conditions: conditions.into_list(),
             records,
+            rollbacks,
         }
     }
 
@@ -249,6 +293,9 @@ impl Episode {
     ///   | overall f64 | value f64 | clarity f64 (raw IEEE bits)
     ///   | conditions: varint count, varint index each | leaf_index u32
     ///   | features: u8 0 none, 1 then varint count, f32 each (raw bits)
+    /// then, only when the batch has rollbacks: varint count (≥ 1), then each:
+    /// id str | payload_digest tagged(32, "sha256:") | reason u8 (0–1) | leaf_index u32
+    ///   | verdict_leaf u32
     /// ```
     /// `tagged(n, prefix)` is a string field in its usual form — `prefix` then the lower-case
     /// hex of `n` bytes (`run`: 16 digits, `root`: 64) — as the tag 0 and those `n` raw bytes,
@@ -269,6 +316,16 @@ impl Episode {
         put_varint(&mut out, self.records.len() as u64);
         for r in &self.records {
             r.encode(&mut out);
+        }
+        if !self.rollbacks.is_empty() {
+            put_varint(&mut out, self.rollbacks.len() as u64);
+            for r in &self.rollbacks {
+                put_str(&mut out, &r.id);
+                put_tagged::<32>(&mut out, &r.payload_digest, "sha256:");
+                out.push(r.reason.code());
+                out.extend_from_slice(&r.leaf_index.to_le_bytes());
+                out.extend_from_slice(&r.verdict_leaf.to_le_bytes());
+            }
         }
         out
     }
@@ -308,6 +365,24 @@ impl Episode {
             records.push(EpisodeRecord::decode(&mut r)?);
         }
         r.record = None;
+        let mut rollbacks = Vec::new();
+        let rest = r.pos;
+        if r.pos != bytes.len() {
+            let n = r.count("rollbacks", 1 + 2 + 1 + 8)?;
+            if n == 0 {
+                // `canonical` writes no empty list: the bytes after the records are extra.
+                r.pos = rest;
+            }
+            for _ in 0..n {
+                rollbacks.push(RollbackLeaf {
+                    id: r.str("rollback id")?,
+                    payload_digest: r.tagged::<32>("rollback payload_digest", "sha256:")?,
+                    reason: Reason::ALL[r.code("rollback reason", Reason::ALL.len())?],
+                    leaf_index: u32::from_le_bytes(r.array("rollback leaf_index")?),
+                    verdict_leaf: u32::from_le_bytes(r.array("rollback verdict_leaf")?),
+                });
+            }
+        }
         if r.pos != bytes.len() {
             let extra = bytes.len() - r.pos;
             return Err(r.err(
@@ -324,6 +399,7 @@ impl Episode {
             root,
             conditions,
             records,
+            rollbacks,
         })
     }
 
@@ -332,18 +408,20 @@ impl Episode {
         Sha3_512::digest(self.canonical()).into()
     }
 
-    /// True if the records rebuild the Merkle root of the commitment: every leaf present,
-    /// in order, and hashing to `root`.
+    /// True if the records and rollbacks rebuild the Merkle root of the commitment: every
+    /// leaf present once, in order, and hashing to `root`.
     pub fn matches_root(&self) -> bool {
-        let leaves: Option<Vec<Hash>> = self.records.iter().map(EpisodeRecord::leaf_hash).collect();
+        let mut leaves: Vec<(u32, Option<Hash>)> = self
+            .records
+            .iter()
+            .map(|r| (r.leaf_index, r.leaf_hash()))
+            .chain(self.rollbacks.iter().map(|r| (r.leaf_index, r.leaf_hash())))
+            .collect();
+        leaves.sort_by_key(|(i, _)| *i);
+        let in_order = leaves.iter().enumerate().all(|(i, (at, _))| *at as usize == i);
+        let leaves: Option<Vec<Hash>> = leaves.into_iter().map(|(_, h)| h).collect();
         let Some(leaves) = leaves else { return false };
-        leaves.len() as u64 == self.tree_size
-            && self
-                .records
-                .iter()
-                .enumerate()
-                .all(|(i, r)| r.leaf_index as usize == i)
-            && hex::encode(merkle::root(&leaves)) == self.root
+        in_order && leaves.len() as u64 == self.tree_size && hex::encode(merkle::root(&leaves)) == self.root
     }
 }
 
@@ -694,6 +772,7 @@ mod tests {
                 record(1, true, Some(vec![0.25, -0.5, f32::MAX, f32::MIN_POSITIVE])),
                 record(2, true, Some(Vec::new())),
             ],
+            rollbacks: Vec::new(),
         }
     }
 
@@ -983,8 +1062,27 @@ mod tests {
             tagged_string("", 64),
         );
         let conditions = proptest::collection::vec(any::<String>(), 0..4);
-        (head, conditions, records()).prop_map(|((shard, seq, run, tree_size, root), conditions, records)| {
-            Episode {
+        let rollbacks = proptest::collection::vec(
+            (
+                any::<String>(),
+                tagged_string("sha256:", 64),
+                0..2usize,
+                any::<u32>(),
+                any::<u32>(),
+            )
+                .prop_map(|(id, payload_digest, reason, leaf_index, verdict_leaf)| {
+                    RollbackLeaf {
+                        id,
+                        payload_digest,
+                        reason: Reason::ALL[reason],
+                        leaf_index,
+                        verdict_leaf,
+                    }
+                }),
+            0..3,
+        );
+        (head, conditions, records(), rollbacks).prop_map(
+            |((shard, seq, run, tree_size, root), conditions, records, rollbacks)| Episode {
                 shard,
                 seq,
                 run,
@@ -992,8 +1090,9 @@ mod tests {
                 root,
                 conditions,
                 records,
-            }
-        })
+                rollbacks,
+            },
+        )
     }
 
     proptest! {

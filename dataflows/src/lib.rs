@@ -8,7 +8,8 @@
 //! - `policy`: weights, thresholds and keywords of the stages, with the reference default.
 //! - `convergence`, `value`, `ethics`, `snr`: the scoring stages (SPEC §2.1, §2.3–§2.5).
 //! - `verification/`: digest, signatures, replay guard, tiers, Merkle trees, commitments.
-//! - `verdict`: the output record (SPEC §1.2); `record`: what flows between operators.
+//! - `verdict`: the output record (SPEC §1.2); `rollback`: a statistical verdict's later
+//!   failed check (SPEC §1.6); `record`: what flows between operators.
 //! - `wire`: the verdict's JSON, written by hand (same bytes as serde_json, faster).
 //! - `explain`: the optional human-readable `explanation` of a verdict, in three styles.
 //! - `episode`: the compact per-batch record of the audit archive and its hash chain.
@@ -26,6 +27,7 @@ pub mod operators;
 pub mod pipeline;
 pub mod policy;
 pub mod record;
+pub mod rollback;
 pub mod snr;
 pub mod stats;
 #[doc(hidden)]

@@ -23,7 +23,9 @@ use crate::operators::{timed_map, wall_ms, Observer, Stage};
 use crate::policy::Policy;
 use crate::record::{Assessed, Checked, Decoded, Scored};
 use crate::verdict::assess;
-use crate::verification::replay::id_hash;
+use crate::verification::batcher::Restored;
+use crate::verification::replay::{fingerprint, id_hash};
+use crate::verification::sampling::SampleKey;
 use crate::verification::signature::Keyring;
 use crate::verification::VerifyConfig;
 
@@ -53,6 +55,11 @@ pub struct PipelineConfig {
     /// dated later is placed at its ingest time (see [`decode_record`]).
     pub max_future_ms: u64,
     pub verify: VerifyConfig,
+    /// The deployment's secret for the statistical sample and the replay guard's buckets.
+    pub sample_key: SampleKey,
+    /// The replay state to start from, when it persists (Kafka mode, `--data-dir`); `None`
+    /// keeps it in memory only and writes no replay-log records.
+    pub replay: Option<Restored>,
     pub policy: Arc<Policy>,
     pub keyring: Arc<Keyring>,
     pub signing_key: Arc<SigningKey>,
@@ -74,6 +81,7 @@ pub fn decode_record(
     limits: &Limits,
     max_message_bytes: usize,
     max_future_ms: u64,
+    key: &SampleKey,
 ) -> Result<Box<Decoded>, DeadLetter> {
     let result = match r.oversize {
         Some(len) => Err(DecodeError::new(
@@ -100,6 +108,7 @@ pub fn decode_record(
                     future_dated,
                 },
                 id_hash,
+                bucket: key.bucket(fingerprint(id_hash)),
             }))
         }
         Err(e) => Err(DeadLetter::new(e, r.input, &r.bytes, wall_ms())),
@@ -125,9 +134,10 @@ pub fn build<'s>(
     let limits = cfg.limits.clone();
     let max_message_bytes = cfg.max_message_bytes;
     let max_future_ms = cfg.max_future_ms;
+    let key = cfg.sample_key.clone();
     let (decoded, dead): (StreamVec<'s, u64, Box<Decoded>>, StreamVec<'s, u64, DeadLetter>) =
         timed_map(raw, Stage::Decode, observer.clone(), move |r| {
-            decode_record(r, &limits, max_message_bytes, max_future_ms)
+            decode_record(r, &limits, max_message_bytes, max_future_ms, &key)
         })
         .ok_err(|r| r);
 
@@ -140,7 +150,14 @@ pub fn build<'s>(
         }
     });
 
-    let checked = verify(scored, cfg.verify.clone(), cfg.keyring.clone(), observer.clone());
+    let checked = verify(
+        scored,
+        cfg.verify.clone(),
+        cfg.keyring.clone(),
+        cfg.sample_key.clone(),
+        cfg.replay.clone(),
+        observer.clone(),
+    );
 
     let policy = cfg.policy.clone();
     let version: Arc<str> = policy.version().into();

@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::convergence::Convergence;
 use crate::observation::{Observation, Origin};
+use crate::rollback::Rollback;
 use crate::verdict::Verdict;
 use crate::verification::merkle::Hash;
+use crate::verification::replay_log::ReplayRecord;
 use crate::verification::{BatchRef, Tier, Verification};
 
 /// A decoded observation with its provenance and its routing hash.
@@ -14,8 +16,11 @@ use crate::verification::{BatchRef, Tier, Verification};
 pub struct Decoded {
     pub obs: Observation,
     pub origin: Origin,
-    /// 128-bit hash of `id`: routes the record (by bucket) and keys the replay guard.
+    /// 128-bit public hash of `id`: its high half is the replay guard's fingerprint.
     pub id_hash: u128,
+    /// The replay-guard bucket, a keyed hash of the fingerprint: routes the record to its
+    /// shard. No sender can pick ids that share one.
+    pub bucket: u8,
 }
 
 /// After convergence scoring. The observation stays boxed from decoding to the verdict so
@@ -50,15 +55,22 @@ pub struct Seal {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum BatchEvent<I> {
     Item(I),
+    /// A statistical verdict's signature failed its later check: a leaf of the batch, before
+    /// the batch's seal.
+    Rollback(Box<Rollback>),
     Seal(Seal),
+    /// A record of the replay guard's persisted state, for the runtime to make durable.
+    Replay(ReplayRecord),
 }
 
 impl<I> BatchEvent<I> {
-    /// Applies `f` to an item and passes seals through unchanged.
+    /// Applies `f` to an item and passes everything else through unchanged.
     pub fn map<J>(self, f: impl FnOnce(I) -> J) -> BatchEvent<J> {
         match self {
             BatchEvent::Item(i) => BatchEvent::Item(f(i)),
+            BatchEvent::Rollback(r) => BatchEvent::Rollback(r),
             BatchEvent::Seal(s) => BatchEvent::Seal(s),
+            BatchEvent::Replay(r) => BatchEvent::Replay(r),
         }
     }
 }

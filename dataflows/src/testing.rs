@@ -8,7 +8,13 @@ use crate::observation::InputRef;
 use crate::pipeline::{decode_record, RawRecord};
 use crate::policy::Policy;
 use crate::record::{Checked, Scored};
+use crate::verification::sampling::SampleKey;
 use crate::verification::{BatchRef, Checks, DigestCheck, SignatureCheck, Tier, Verification};
+
+/// A fixed sampling key for tests and benches (never a deployment's).
+pub fn test_key() -> SampleKey {
+    SampleKey::from_secret(&[0x5a; 32])
+}
 
 /// A verification outcome without digest or signature; a `replay` carries the reason.
 pub fn verification(tier: Tier, valid: bool, confidence: f64, replay: bool) -> Verification {
@@ -44,7 +50,8 @@ pub fn checked(
         broker_ms: None,
         oversize: None,
     };
-    let decoded = decode_record(raw, &Limits::default(), 1 << 21, u64::MAX).expect("a valid observation");
+    let decoded =
+        decode_record(raw, &Limits::default(), 1 << 21, u64::MAX, &test_key()).expect("a valid observation");
     let convergence = converge(&decoded.obs, &policy.convergence);
     Checked {
         scored: Scored { decoded, convergence },

@@ -13,14 +13,17 @@ use crate::operators::commit::Output;
 use crate::verdict::Verdict;
 use crate::verification::DigestCheck;
 
-/// Appends one output record's JSON to `out`: verdicts through [`write_verdict`],
-/// commitments and dead letters through serde. Returns the record's length.
+/// Appends one output record to `out`: verdicts through [`write_verdict`], commitments, dead
+/// letters and rollbacks as JSON through serde, a replay-log record in its binary form (no
+/// JSON: it is state, read back only by bizra). Returns the record's length.
 pub fn write_output(out: &mut Vec<u8>, o: &Output) -> usize {
     let start = out.len();
     match o {
         Output::Verdict(v) => write_verdict(out, v),
         Output::Commitment(c) => serde_json::to_writer(&mut *out, c).expect("commitments serialize"),
         Output::DeadLetter(d) => serde_json::to_writer(&mut *out, d).expect("dead letters serialize"),
+        Output::Rollback(r) => serde_json::to_writer(&mut *out, r).expect("rollbacks serialize"),
+        Output::Replay(r) => r.encode(out),
     }
     out.len() - start
 }

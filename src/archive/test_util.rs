@@ -43,6 +43,7 @@ pub(crate) fn episode(shard: u32, seq: u64, ids: &[&str]) -> Episode {
         root: hex::encode(merkle::root(&leaves)),
         conditions: vec!["Note: 1 minor concerns identified".into()],
         records,
+        rollbacks: Vec::new(),
     };
     assert!(ep.matches_root());
     ep

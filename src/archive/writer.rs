@@ -74,6 +74,7 @@ pub struct Lane {
 impl Lane {
     /// Queues `episode` for its shard's writer, or gives it back if that queue is full (or its
     /// thread is gone). Never blocks.
+    #[allow(clippy::result_large_err)] // the `Err` is the episode moved back, not an error
     pub fn try_submit(&self, episode: Episode, ticket: u64) -> Result<(), Episode> {
         let queue = &self.queues[episode.shard as usize % self.queues.len()];
         queue
@@ -143,6 +144,7 @@ impl ArchiveHandle {
     }
 
     /// [`Lane::try_submit`] on the handle's own lane.
+    #[allow(clippy::result_large_err)] // the `Err` is the episode moved back, not an error
     pub fn try_submit(&self, episode: Episode, ticket: u64) -> Result<(), Episode> {
         self.own().try_submit(episode, ticket)
     }

@@ -18,6 +18,7 @@
 
 pub mod breaker;
 pub mod offsets;
+pub mod replay;
 pub mod sink;
 pub mod source;
 
@@ -39,6 +40,10 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Window statistics (SPEC §1.5).
     pub stats_topic: String,
+    /// Rollbacks of statistical verdicts (SPEC §1.6).
+    pub rollbacks_topic: String,
+    /// The replay guard's persisted state, read back at every start.
+    pub replay_topic: String,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub start_offset: String,
     /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (TLS via the system OpenSSL; SASL PLAIN/SCRAM).
@@ -78,6 +83,8 @@ impl Default for KafkaConfig {
             commitments_topic: "bizra.commitments".into(),
             dlq_topic: "bizra.dlq".into(),
             stats_topic: "bizra.stats".into(),
+            rollbacks_topic: "bizra.rollbacks".into(),
+            replay_topic: "bizra.replay".into(),
             start_offset: "earliest".into(),
             security_protocol: "plaintext".into(),
             sasl_mechanism: String::new(),
@@ -191,7 +198,7 @@ pub struct Bounds {
 /// fatal error on the way ends the process (`fatal.rs`).
 pub fn run(
     cluster: Cluster,
-    cfg: PipelineConfig,
+    mut cfg: PipelineConfig,
     kafka: KafkaConfig,
     bounds: Bounds,
     shutdown: Arc<AtomicBool>,
@@ -206,6 +213,9 @@ pub fn run(
     let started = Instant::now();
     sink::check_message_limit(&kafka, bounds.limits.max_output_bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let initial = source::partition_count(&kafka)?;
+    // The replay guard's window continues the last run's (SPEC §2.2).
+    let per_bucket = bizra_dataflows::verification::replay::per_bucket(cfg.verify.replay_window_ids);
+    cfg.replay = Some(replay::load(&kafka, &cfg.sample_key, per_bucket)?);
     let partitions = source::watch_partitions(&kafka, initial)?;
     let assigned = Arc::new(AtomicUsize::new(0));
     tracing::info!(brokers = %kafka.brokers, topic = %kafka.input_topic, partitions = initial, group = %kafka.group_id, "kafka source");
@@ -329,6 +339,8 @@ fn worker_loop(
         kafka.commitments_topic.clone(),
         kafka.dlq_topic.clone(),
         kafka.stats_topic.clone(),
+        kafka.rollbacks_topic.clone(),
+        kafka.replay_topic.clone(),
     ];
     tracing::info!(worker = index, partitions = ?mine, "assigned");
     on_assigned();

@@ -241,6 +241,10 @@ const VERDICTS: usize = 0;
 const COMMITMENTS: usize = 1;
 const DLQ: usize = 2;
 const STATS: usize = 3;
+const ROLLBACKS: usize = 4;
+const REPLAY: usize = 5;
+/// The output topics, in the order of the indices above.
+pub const TOPICS: usize = 6;
 /// The delivery opaque of window-statistics records: they belong to no tick (their windows
 /// are recomputed from the input after a restart) and hold no slot, but are still flushed
 /// before exit.
@@ -257,6 +261,13 @@ pub trait Written {
 /// Per-worker state shared by the sink operator and the worker loop.
 pub struct Outbox {
     queue: VecDeque<Pending>,
+    /// The replay guard's records, sent before anything else: a record of a tick goes only
+    /// once every replay record of that tick and earlier is acknowledged, so that no verdict
+    /// is durable before the replay state that gave its answer (after a crash the verdict is
+    /// read again and must get the same answer; `replay.rs` in the dataflows).
+    replay_queue: VecDeque<Pending>,
+    /// Replay records not yet acknowledged, per tick.
+    replay_unacked: BTreeMap<u64, u64>,
     /// Records refused with their batch: resent one at a time, alone, before anything else.
     suspects: VecDeque<Pending>,
     /// Records handed to the producer, by slot (the delivery opaque); `free` lists empty slots.
@@ -311,6 +322,8 @@ fn topic_of(o: &Output) -> usize {
         Output::Verdict(_) => VERDICTS,
         Output::Commitment(_) => COMMITMENTS,
         Output::DeadLetter(_) => DLQ,
+        Output::Rollback(_) => ROLLBACKS,
+        Output::Replay(_) => REPLAY,
     }
 }
 
@@ -318,6 +331,8 @@ impl Outbox {
     pub fn new(max_output_bytes: usize) -> Rc<RefCell<Outbox>> {
         Rc::new(RefCell::new(Outbox {
             queue: VecDeque::new(),
+            replay_queue: VecDeque::new(),
+            replay_unacked: BTreeMap::new(),
             suspects: VecDeque::new(),
             flight: Vec::new(),
             free: Vec::new(),
@@ -341,12 +356,13 @@ impl Outbox {
 
     /// Records not yet handed to the producer.
     pub fn queued(&self) -> usize {
-        self.queue.len() + self.suspects.len() + self.stats.len()
+        self.queue.len() + self.replay_queue.len() + self.suspects.len() + self.stats.len()
     }
 
     /// True when nothing is queued or unacknowledged.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+            && self.replay_queue.is_empty()
             && self.suspects.is_empty()
             && self.unacked.is_empty()
             && self.stats.is_empty()
@@ -358,7 +374,7 @@ impl Outbox {
     pub fn flush(
         &mut self,
         producer: &BaseProducer<DeliveryContext>,
-        topics: &[String; 4],
+        topics: &[String; TOPICS],
         breaker: &Breaker,
         now_ms: u64,
         counts: &mut impl Written,
@@ -374,27 +390,27 @@ impl Outbox {
                 break;
             }
             let source = if isolating {
-                &mut self.suspects
+                Source::Suspects
+            } else if !self.replay_queue.is_empty() {
+                Source::Replay
             } else {
-                &mut self.queue
+                match self.queue.front() {
+                    // Not before the replay state of its tick is durable.
+                    Some(p) if self.replay_unacked.range(..=p.tick).next().is_some() => break,
+                    _ => Source::Queue,
+                }
             };
-            let Some(p) = source.pop_front() else { break };
+            let Some(p) = self.source(source).pop_front() else {
+                break;
+            };
             if !breaker.allow(now_ms) {
-                source.push_front(p);
+                self.source(source).push_front(p);
                 return;
             }
-            match self.send(producer, topics, p, isolating, counts) {
-                None => {}
-                Some(p) => {
-                    // QueueFull: back to where it was, and try again next time.
-                    let source = if isolating {
-                        &mut self.suspects
-                    } else {
-                        &mut self.queue
-                    };
-                    source.push_front(p);
-                    return;
-                }
+            if let Some(p) = self.send(producer, topics, p, isolating, counts) {
+                // QueueFull: back to where it was, and try again next time.
+                self.source(source).push_front(p);
+                return;
             }
         }
         // Then window statistics, which hold back no offset.
@@ -422,12 +438,28 @@ impl Outbox {
         }
     }
 
+    fn source(&mut self, s: Source) -> &mut VecDeque<Pending> {
+        match s {
+            Source::Suspects => &mut self.suspects,
+            Source::Replay => &mut self.replay_queue,
+            Source::Queue => &mut self.queue,
+        }
+    }
+
+    /// Puts a record to be sent again at the front of its queue.
+    fn requeue(&mut self, p: Pending) {
+        match p.out {
+            Output::Replay(_) => self.replay_queue.push_front(p),
+            _ => self.queue.push_front(p),
+        }
+    }
+
     /// Serializes `p` (replacing a verdict that is too long) and hands it to the producer;
     /// gives it back (`Some`) on `QueueFull`.
     fn send(
         &mut self,
         producer: &BaseProducer<DeliveryContext>,
-        topics: &[String; 4],
+        topics: &[String; TOPICS],
         mut p: Pending,
         alone: bool,
         counts: &mut impl Written,
@@ -458,11 +490,16 @@ impl Outbox {
         let topic = topic_of(&p.out);
         let key: Option<Cow<'_, str>> = match &p.out {
             Output::Verdict(v) => Some(Cow::Borrowed(v.id.as_str())),
+            Output::Rollback(r) => Some(Cow::Borrowed(r.id.as_str())),
             _ => None,
         };
         let mut rec = BaseRecord::with_opaque_to(&topics[topic], slot).payload(&self.scratch);
         if let Some(k) = &key {
             rec = rec.key(k.as_ref());
+        }
+        if topic == REPLAY {
+            // One partition keeps each shard's records in order (a restore replays them).
+            rec = rec.partition(0);
         }
         if let Output::DeadLetter(d) = &p.out {
             rec = rec.headers(dead_letter_headers(d));
@@ -527,11 +564,9 @@ impl Outbox {
             match outcome {
                 Ok(()) => {
                     let tick = flight.pending.tick;
-                    if let Some(c) = self.unacked.get_mut(&tick) {
-                        *c -= 1;
-                        if *c == 0 {
-                            self.unacked.remove(&tick);
-                        }
+                    decrement(&mut self.unacked, tick);
+                    if matches!(flight.pending.out, Output::Replay(_)) {
+                        decrement(&mut self.replay_unacked, tick);
                     }
                 }
                 Err(e) => {
@@ -559,7 +594,7 @@ impl Outbox {
     fn refuse(&mut self, flight: Flight, e: &KafkaError, counts: &mut impl Written) {
         let Flight { pending, alone } = flight;
         match classify(e) {
-            Class::Resend => self.queue.push_front(pending),
+            Class::Resend => self.requeue(pending),
             Class::PerRecord if !alone => {
                 tracing::debug!(error = %e, "record refused with its batch; resending it on its own");
                 self.suspects.push_back(pending);
@@ -583,7 +618,14 @@ impl Outbox {
                 }
             }
             Class::Fatal => {
-                let topic = ["verdicts", "commitments", "dead letters", "stats"][topic_of(&pending.out)];
+                let topic = [
+                    "verdicts",
+                    "commitments",
+                    "dead letters",
+                    "stats",
+                    "rollbacks",
+                    "replay state",
+                ][topic_of(&pending.out)];
                 self.fatal
                     .get_or_insert_with(|| format!("producing {topic}: {e}"));
             }
@@ -592,7 +634,10 @@ impl Outbox {
 
     /// Opens the breaker when records have waited `ack_timeout_ms` with no acknowledgement.
     fn watch(&mut self, breaker: &Breaker, now_ms: u64) {
-        let waiting = !self.queue.is_empty() || !self.suspects.is_empty() || self.in_flight > 0;
+        let waiting = !self.queue.is_empty()
+            || !self.replay_queue.is_empty()
+            || !self.suspects.is_empty()
+            || self.in_flight > 0;
         if !waiting {
             self.waiting_since_ms = None;
             breaker.idle(now_ms);
@@ -617,10 +662,33 @@ impl Outbox {
     }
 }
 
+/// Which queue a record is taken from.
+#[derive(Clone, Copy)]
+enum Source {
+    Suspects,
+    Replay,
+    Queue,
+}
+
+/// Takes one from the count of `tick`, removing it at zero.
+fn decrement(counts: &mut BTreeMap<u64, u64>, tick: u64) {
+    if let Some(c) = counts.get_mut(&tick) {
+        *c -= 1;
+        if *c == 0 {
+            counts.remove(&tick);
+        }
+    }
+}
+
 impl Acknowledged<Output> for Outbox {
     fn push(&mut self, tick: u64, out: Output) {
         *self.unacked.entry(tick).or_default() += 1;
-        self.queue.push_back(Pending { tick, out });
+        if matches!(out, Output::Replay(_)) {
+            *self.replay_unacked.entry(tick).or_default() += 1;
+            self.replay_queue.push_back(Pending { tick, out });
+        } else {
+            self.queue.push_back(Pending { tick, out });
+        }
     }
 
     fn pending(&self, tick: u64) -> bool {

@@ -1,8 +1,8 @@
 //! The `commit` operator: collects each batch's leaves, and when a batch is sealed builds
-//! its Merkle tree, attaches inclusion proofs to held full-tier verdicts, and signs the
-//! shard's commitments in seq order (a batch whose predecessor is still open waits, holding
-//! its capability, so no epoch completes before its commitment is out). Statistical and
-//! incremental verdicts pass straight through.
+//! its Merkle tree, attaches inclusion proofs to held full-tier verdicts and to rollbacks,
+//! and signs the shard's commitments in seq order (a batch whose predecessor is still open
+//! waits, holding its capability, so no epoch completes before its commitment is out).
+//! Statistical and incremental verdicts, and replay-log records, pass straight through.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,11 +16,13 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use super::{report, wall_ms, Observer, Stage, Structure};
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{rfc3339_ms, DeadLetter};
 use crate::record::{Assessed, BatchEvent};
+use crate::rollback::Rollback;
 use crate::verdict::{Proof, Verdict};
 use crate::verification::commitment::{Chain, Commitment};
 use crate::verification::merkle::{Hash, Tree};
+use crate::verification::replay_log::ReplayRecord;
 use crate::verification::{to_hex, Tier};
 
 /// Everything bizra writes, one variant per output topic/file.
@@ -29,6 +31,9 @@ pub enum Output {
     Verdict(Box<Verdict>),
     Commitment(Commitment),
     DeadLetter(DeadLetter),
+    Rollback(Box<Rollback>),
+    /// A record of the replay guard's persisted state (binary; `replay_log.rs`).
+    Replay(ReplayRecord),
 }
 
 /// A batch being collected.
@@ -39,6 +44,9 @@ struct Pending {
     /// Full-tier verdicts waiting for their proof.
     #[allow(clippy::vec_box)] // the verdicts arrive boxed and leave boxed: no re-boxing
     held: Vec<Box<Verdict>>,
+    /// Rollbacks waiting for their proof.
+    #[allow(clippy::vec_box)]
+    rollbacks: Vec<Box<Rollback>>,
     /// Set by the batch's seal.
     size: Option<u32>,
     /// How long the batch was open, from its seal.
@@ -77,13 +85,22 @@ pub fn commit<'s>(
                     for event in data.drain(..) {
                         let seq = match &event {
                             BatchEvent::Item(a) => a.verdict.batch.seq,
+                            BatchEvent::Rollback(r) => r.batch.seq,
                             BatchEvent::Seal(s) => s.seq,
+                            BatchEvent::Replay(_) => {
+                                let BatchEvent::Replay(r) = event else {
+                                    unreachable!()
+                                };
+                                output.session(&cap).give(Output::Replay(r));
+                                continue;
+                            }
                         };
                         let p = pending.entry(seq).or_insert_with(|| Pending {
                             tier: Tier::Statistical,
                             leaves: Vec::new(),
                             have: 0,
                             held: Vec::new(),
+                            rollbacks: Vec::new(),
                             size: None,
                             open_ms: 0,
                             cap: cap.clone(),
@@ -108,11 +125,21 @@ pub fn commit<'s>(
                                     output.session(&cap).give(Output::Verdict(v));
                                 }
                             }
+                            BatchEvent::Rollback(r) => {
+                                let i = r.batch.leaf_index as usize;
+                                if p.leaves.len() <= i {
+                                    p.leaves.resize(i + 1, None);
+                                }
+                                p.leaves[i] = Some(r.leaf().expect("the verifier writes the digest"));
+                                p.have += 1;
+                                p.rollbacks.push(r);
+                            }
                             BatchEvent::Seal(s) => {
                                 p.size = Some(s.size);
                                 p.open_ms = s.open_ms;
                                 p.tier = s.tier;
                             }
+                            BatchEvent::Replay(_) => unreachable!("passed on above"),
                         }
                         if p.size == Some(p.have) {
                             done.push(seq);
@@ -131,15 +158,23 @@ pub fn commit<'s>(
                         .collect();
                     let tree = Tree::new(leaves);
                     let root = to_hex(&tree.root());
+                    let proof = |leaf_index: u32| Proof {
+                        tree_size: tree.len() as u64,
+                        root: root.clone(),
+                        path: tree.path(leaf_index as usize).iter().map(|h| to_hex(h)).collect(),
+                    };
                     let mut session = output.session(&p.cap);
                     for mut v in p.held {
-                        let path = tree.path(v.batch.leaf_index as usize);
-                        v.proof = Some(Proof {
-                            tree_size: tree.len() as u64,
-                            root: root.clone(),
-                            path: path.iter().map(|h| to_hex(h)).collect(),
-                        });
+                        v.proof = Some(proof(v.batch.leaf_index));
                         session.give(Output::Verdict(v));
+                    }
+                    if !p.rollbacks.is_empty() {
+                        let at = rfc3339_ms(wall_ms());
+                        for mut r in p.rollbacks {
+                            r.proof = Some(proof(r.batch.leaf_index));
+                            r.at = at.clone();
+                            session.give(Output::Rollback(r));
+                        }
                     }
                     drop(session);
                     ready.insert(seq, (tree, p.cap, p.open_ms));

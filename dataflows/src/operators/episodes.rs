@@ -14,13 +14,14 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
 use super::commit::Output;
-use crate::episode::{Conditions, Episode, EpisodeRecord};
+use crate::episode::{Conditions, Episode, EpisodeRecord, RollbackLeaf};
 use crate::verification::commitment::Commitment;
 
 /// A batch whose episode is not complete yet.
 #[derive(Default)]
 struct Gathering {
     records: Vec<EpisodeRecord>,
+    rollbacks: Vec<RollbackLeaf>,
     conditions: Conditions,
     commitment: Option<Commitment>,
 }
@@ -29,7 +30,7 @@ impl Gathering {
     fn complete(&self) -> bool {
         self.commitment
             .as_ref()
-            .is_some_and(|c| c.tree_size == self.records.len() as u64)
+            .is_some_and(|c| c.tree_size == (self.records.len() + self.rollbacks.len()) as u64)
     }
 }
 
@@ -37,7 +38,9 @@ impl Gathering {
 /// of the output that completed it. The records are built from each verdict by reference as
 /// it passes, so the verdicts are not copied (a second consumer of `outputs` would get a deep
 /// copy of every verdict from timely).
-#[allow(clippy::type_complexity)]
+// The `Result` is a pair of streams in one container, split at once by `ok_err`; its `Err`
+// is an episode, not an error, so its size is no concern.
+#[allow(clippy::type_complexity, clippy::result_large_err)]
 pub fn with_episodes<'s>(
     outputs: StreamVec<'s, u64, Output>,
 ) -> (StreamVec<'s, u64, Output>, StreamVec<'s, u64, Episode>) {
@@ -66,13 +69,19 @@ pub fn with_episodes<'s>(
                                     g.commitment = Some(c.clone());
                                     g.complete().then_some(key)
                                 }
-                                Output::DeadLetter(_) => None,
+                                Output::Rollback(r) => {
+                                    let key = (r.batch.shard, r.batch.seq);
+                                    let g = open.entry(key).or_default();
+                                    g.rollbacks.push(RollbackLeaf::from_rollback(r));
+                                    g.complete().then_some(key)
+                                }
+                                Output::DeadLetter(_) | Output::Replay(_) => None,
                             };
                             session.give(Ok(o));
                             if let Some(key) = done {
                                 let g = open.remove(&key).expect("present");
                                 let c = g.commitment.expect("complete");
-                                session.give(Err(Episode::new(&c, g.conditions, g.records)));
+                                session.give(Err(Episode::new(&c, g.conditions, g.records, g.rollbacks)));
                             }
                         }
                     });
@@ -114,6 +123,8 @@ mod tests {
             max_message_bytes: 1 << 20,
             max_future_ms: u64::MAX,
             verify: Default::default(),
+            sample_key: crate::testing::test_key(),
+            replay: None,
             policy: Arc::new(Policy::reference()),
             keyring: Arc::new(Keyring::new()),
             signing_key: Arc::new(SigningKey::from_bytes(&[7; 32])),
@@ -141,7 +152,7 @@ mod tests {
                     match o {
                         Output::Verdict(_) => g.1 += 1,
                         Output::Commitment(_) => g.2 += 1,
-                        Output::DeadLetter(_) => {}
+                        Output::DeadLetter(_) | Output::Rollback(_) | Output::Replay(_) => {}
                     }
                 });
                 let eps = sink.clone();

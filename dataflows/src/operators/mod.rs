@@ -79,10 +79,13 @@ pub enum Structure {
     HealthHistory,
     /// Episodes waiting for room in the archive writer's queue.
     ArchiveQueue,
+    /// Statistical-tier verdicts emitted `sampled_out` whose signature check waits for their
+    /// batch's seal (at most `verification.batch_size` per worker).
+    DeferredChecks,
 }
 
 impl Structure {
-    pub const ALL: [Structure; 8] = [
+    pub const ALL: [Structure; 9] = [
         Structure::ReplayGuard,
         Structure::VerifyStash,
         Structure::CommitBatches,
@@ -91,6 +94,7 @@ impl Structure {
         Structure::OffsetEpochs,
         Structure::HealthHistory,
         Structure::ArchiveQueue,
+        Structure::DeferredChecks,
     ];
 
     /// Label value of the `structure` label.
@@ -104,17 +108,21 @@ impl Structure {
             Structure::OffsetEpochs => "offset_epochs",
             Structure::HealthHistory => "health_history",
             Structure::ArchiveQueue => "archive_queue",
+            Structure::DeferredChecks => "deferred_checks",
         }
     }
 }
 
 /// Told how long a stage spent on each batch of records it handled (one operator
 /// activation): every record of that batch waited that long in the stage; and how large the
-/// operators' bounded structures are after each activation. Implemented by the runtime's
+/// operators' bounded structures are after each activation, and the lag of the statistical
+/// tier's later signature checks. Implemented by the runtime's
 /// metrics; the dataflow only measures.
 pub trait StageObserver {
     fn observe(&self, stage: Stage, elapsed: std::time::Duration);
     fn state(&self, structure: Structure, entries: usize);
+    /// A `sampled_out` signature was checked this long after its verdict was emitted.
+    fn deferred_check(&self, lag: std::time::Duration);
 }
 
 /// A worker's stage observer, if metrics are on.

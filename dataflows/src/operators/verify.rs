@@ -1,7 +1,10 @@
-//! The `verify` operator: routes records to their shard by id bucket, waits until an epoch
-//! is complete, and hands it to the shard's [`ShardVerifier`] in input order. Holds one
+//! The `verify` operator: routes records to their shard by keyed id bucket, waits until an
+//! epoch is complete, and hands it to the shard's [`ShardVerifier`] in input order. Holds one
 //! capability per open batch so that nothing downstream (offset commits included) passes an
-//! epoch before its batch is sealed; seals by time through timer activations, never sleeps.
+//! epoch before its batch is sealed — and, for the statistical tier, before the later check
+//! of its `sampled_out` signatures and their rollbacks; seals by time through timer
+//! activations, never sleeps. With persistence on, the replay guard's records leave at the
+//! epoch that made them (its start snapshots at time 0).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -11,7 +14,8 @@
 //!
 //! timely::example(|scope| {
 //!     let none: Vec<bizra_dataflows::record::Scored> = Vec::new();
-//!     verify(none.to_stream(scope).container::<Vec<_>>(), VerifyConfig::default(), Arc::new(Keyring::new()), None)
+//!     let key = bizra_dataflows::verification::sampling::SampleKey::from_secret(&[0; 32]);
+//!     verify(none.to_stream(scope).container::<Vec<_>>(), VerifyConfig::default(), Arc::new(Keyring::new()), key, None, None)
 //!         .inspect(|event| panic!("no input, no output: {event:?}"));
 //! });
 //! ```
@@ -28,25 +32,31 @@ use timely::dataflow::StreamVec;
 
 use super::{report, timed, Clock, Observer, Stage, Structure};
 use crate::record::{BatchEvent, Checked, Scored};
-use crate::verification::replay::bucket;
+use crate::verification::batcher::Restored;
+use crate::verification::sampling::SampleKey;
 use crate::verification::signature::Keyring;
 use crate::verification::{ShardVerifier, Tier, VerifyConfig};
 
-/// Verifies `scored` records; emits items and seals per shard (= global worker index).
+/// Verifies `scored` records; emits items, rollbacks, seals and (with `restored`, the
+/// persisted replay state to start from) replay-log records per shard (= global worker index).
 pub fn verify<'s>(
     scored: StreamVec<'s, u64, Scored>,
     cfg: VerifyConfig,
     keyring: Arc<Keyring>,
+    key: SampleKey,
+    restored: Option<Restored>,
     observer: Observer,
 ) -> StreamVec<'s, u64, BatchEvent<Checked>> {
     let scope = scored.scope();
     let shard = scope.index() as u32;
-    let route = Exchange::new(|s: &Scored| u64::from(bucket(s.decoded.id_hash)));
+    let peers = scope.peers();
+    let route = Exchange::new(|s: &Scored| u64::from(s.decoded.bucket));
     scored.unary_frontier::<Builder, _, _, _>(route, "verify", move |initial, info| {
-        drop(initial);
         let activator = scope.activator_for(info.address.clone());
         let clock = Clock::new();
-        let mut verifier = ShardVerifier::new(shard, cfg, keyring);
+        let mut verifier = ShardVerifier::new(shard, peers, cfg, keyring, key, restored.as_ref());
+        // Held until the first activation, to send the start snapshots at time 0.
+        let mut initial = Some(initial);
         let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Scored>)> = BTreeMap::new();
         // The capability of each tier's open batch, with the batch's seq.
         let mut held: [Option<(u64, Capability<u64>)>; 3] = [None, None, None];
@@ -54,6 +64,12 @@ pub fn verify<'s>(
         let mut events = Vec::new();
 
         move |(input, frontier), output| {
+            if let Some(cap) = initial.take() {
+                let mut session = output.session(&cap);
+                for r in verifier.take_replay_records() {
+                    session.give(BatchEvent::Replay(r));
+                }
+            }
             input.for_each(|cap, data| {
                 if let Some(cap) = cap.retain_least(0) {
                     let t = *cap.time();
@@ -71,6 +87,7 @@ pub fn verify<'s>(
                 timed(&observer, Stage::Verify, || {
                     verifier.process(items, now, &mut events)
                 });
+                events.extend(verifier.take_replay_records().into_iter().map(BatchEvent::Replay));
                 emit(&mut events, &mut held, Some(&cap), output);
                 for tier in Tier::ALL {
                     let open = verifier.open_seq(tier);
@@ -89,6 +106,12 @@ pub fn verify<'s>(
             emit(&mut events, &mut held, None, output);
 
             report(&observer, Structure::ReplayGuard, || verifier.replay_len());
+            report(&observer, Structure::DeferredChecks, || verifier.deferred_len());
+            if let Some(o) = &observer {
+                for lag in verifier.take_check_lags() {
+                    o.deferred_check(Duration::from_millis(lag));
+                }
+            }
             report(&observer, Structure::VerifyStash, || {
                 stash.values().map(|(_, items)| items.len()).sum()
             });
@@ -108,8 +131,9 @@ pub fn verify<'s>(
 type Held = [Option<(u64, Capability<u64>)>; 3];
 type Builder = CapacityContainerBuilder<Vec<BatchEvent<Checked>>>;
 
-/// Sends verifier events: items of the statistical and incremental tiers at the current
-/// epoch, full-tier items and seals at their batch's held capability (released on seal).
+/// Sends verifier events: items of the statistical and incremental tiers and replay records
+/// at the current epoch; full-tier items, rollbacks and seals at their batch's held
+/// capability (released on seal).
 fn emit(
     events: &mut Vec<BatchEvent<Checked>>,
     held: &mut Held,
@@ -117,16 +141,19 @@ fn emit(
     output: &mut OutputBuilderSession<'_, u64, Builder>,
 ) {
     for event in events.drain(..) {
-        let tier = match &event {
-            BatchEvent::Item(c) => c.verification.tier,
-            BatchEvent::Seal(s) => s.tier,
+        let (tier, seq) = match &event {
+            BatchEvent::Item(c) => (c.verification.tier, c.batch.seq),
+            BatchEvent::Rollback(r) => (Tier::Statistical, r.batch.seq),
+            BatchEvent::Seal(s) => (s.tier, s.seq),
+            BatchEvent::Replay(_) => {
+                let cap = current.expect("replay records are made while an epoch is processed");
+                output.session(cap).give(event);
+                continue;
+            }
         };
         let batch_cap = held[tier as usize]
             .as_ref()
-            .filter(|(seq, _)| match &event {
-                BatchEvent::Item(c) => c.batch.seq == *seq,
-                BatchEvent::Seal(s) => s.seq == *seq,
-            })
+            .filter(|(held_seq, _)| *held_seq == seq)
             .map(|(_, c)| c);
         let cap = match (&event, tier) {
             (BatchEvent::Item(_), Tier::Statistical | Tier::Incremental) => current.or(batch_cap),

@@ -1,18 +1,30 @@
 //! The per-shard verifier (SPEC §2.2): replay guard, the three tiers' checks, and the open
 //! batch of each tier, sealed by size or by time. A plain state machine driven by the
-//! `verify` operator; it never looks at a clock itself (`now_ms` is passed in) and never
-//! computes Merkle trees (the `commit` operator does, once value and ethics are known).
+//! `verify` operator; it never looks at a clock itself (`now_ms` is passed in), never
+//! computes Merkle trees (the `commit` operator does, once value and ethics are known) and
+//! does no I/O (the replay guard's changes leave as [`ReplayRecord`]s for the runtime to
+//! persist).
+//!
+//! The statistical tier checks at once only a keyed sample of the Ed25519 signatures of each
+//! batch (the first n = ⌈ln(1−c)/ln(1−ε)⌉ signed items of the batch, chosen within each chunk
+//! by keyed rank, [`chunk_quota`]), and every other one when the batch seals: verdicts leave
+//! at once, and a signature the later check finds bad becomes a [`Rollback`] leaf of the same
+//! batch. Nothing downstream passes the batch's epoch before the seal, so offsets are committed
+//! only once those checks are done.
 
 use std::sync::Arc;
 
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-use super::replay::ReplayGuard;
-use super::sampling::{is_sampled, sample_fraction, sample_size, wilson_lower_bound};
-use super::signature::{observation_message, s_is_canonical, verify_batch, verify_one, Keyring, SigCheck};
+use super::replay::{fingerprint, provenance, ReplayGuard, Sighting, BUCKETS};
+use super::replay_log::ReplayRecord;
+use super::sampling::{chunk_quota, least_ranked, sample_size, wilson_lower_bound, SampleKey};
+use super::signature::{observation_message, s_is_canonical, verify_batch, Keyring};
 use super::{BatchRef, Checks, DigestCheck, SignatureCheck, Tier, Verification};
-use crate::observation::SignatureRef;
+use crate::observation::{InputRef, SignatureRef, Text};
 use crate::record::{BatchEvent, Checked, Scored, Seal};
+use crate::rollback::{Reason, Rollback};
 
 /// Verification settings (config section `[verification]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,14 +40,15 @@ pub struct VerifyConfig {
     pub require_signatures: bool,
     /// Ids remembered by the replay guard (split evenly over 256 buckets).
     pub replay_window_ids: usize,
-    /// Event-time age beyond which a repeated id is no longer a replay; 0 = no age limit.
+    /// Arrival-time age beyond which a repeated id is no longer a replay; 0 = no age limit.
     pub replay_window_ms: i64,
     /// Statistical tier: confidence `c` of the sample-size rule.
     pub statistical_confidence: f64,
     /// Statistical tier: largest defect rate `ε` the sample must detect.
     pub statistical_max_defect_rate: f64,
-    /// Statistical tier: seed of the deterministic sample (`blake3(seed ‖ id)`).
-    pub statistical_seed: String,
+    /// The per-deployment secret of the statistical sample and the replay guard's buckets
+    /// (made by `bizra keygen --sampling`); empty: a random key for this run, logged.
+    pub sampling_key_path: String,
 }
 
 impl Default for VerifyConfig {
@@ -49,7 +62,7 @@ impl Default for VerifyConfig {
             replay_window_ms: 0,
             statistical_confidence: 0.95,
             statistical_max_defect_rate: 0.10,
-            statistical_seed: "bizra/sample/v1".into(),
+            sampling_key_path: String::new(),
         }
     }
 }
@@ -63,18 +76,36 @@ impl VerifyConfig {
     }
 }
 
+/// A statistical-tier item emitted `sampled_out`, waiting for its batch's seal to be checked.
+struct Deferred {
+    id: Text,
+    input: Option<InputRef>,
+    payload_sha256: [u8; 32],
+    key: VerifyingKey,
+    sig: [u8; 64],
+    batch: BatchRef,
+    /// When its verdict was emitted (the verifier's clock), for the check's lag.
+    emitted_ms: u64,
+}
+
 /// One open batch of one tier.
 struct OpenBatch {
     seq: u64,
     opened_ms: u64,
     len: u32,
-    /// Statistical tier: signatures checked in this batch, and how many passed.
+    /// Statistical tier: signed items placed whose signature needed an Ed25519 check, and how
+    /// many of them were checked at once (the quota counts these).
+    signed: usize,
+    checked: usize,
+    /// Statistical tier: signatures checked at once in this batch, and how many passed.
     sampled_total: u64,
     sampled_passed: u64,
-    /// Statistical tier: a sampled failure switched the batch to checking everything.
+    /// Statistical tier: a failed check switched the batch to checking everything at once.
     escalated: bool,
     /// Full tier: items waiting for the batch signature check at seal.
     held: Vec<Checked>,
+    /// Statistical tier: items emitted `sampled_out`, checked at seal.
+    deferred: Vec<Deferred>,
 }
 
 /// The verifier of one shard (= one global worker).
@@ -82,34 +113,92 @@ pub struct ShardVerifier {
     shard: u32,
     cfg: VerifyConfig,
     keyring: Arc<Keyring>,
+    key: SampleKey,
     replay: ReplayGuard,
-    fraction: f64,
+    /// n of the sample-size rule.
+    target: usize,
     next_seq: u64,
     open: [Option<OpenBatch>; 3],
     /// The latest `now_ms` seen, for how long a sealed batch stayed open.
     now_ms: u64,
+    /// Lags (ms) of the deferred checks made since the last [`ShardVerifier::take_check_lags`].
+    check_lags: Vec<u64>,
+    /// Persistence of the replay guard: the records not yet handed out.
+    replay_out: Vec<ReplayRecord>,
 }
 
 const CONF_INCREMENTAL: f64 = 0.85;
 
+/// The replay state to start from, when it is persisted (Kafka mode, `--data-dir`): each
+/// bucket's sightings, oldest first. Every worker takes the buckets it owns.
+pub type Restored = Arc<Vec<Vec<Sighting>>>;
+
 impl ShardVerifier {
-    pub fn new(shard: u32, cfg: VerifyConfig, keyring: Arc<Keyring>) -> Self {
-        let n = sample_size(cfg.statistical_confidence, cfg.statistical_max_defect_rate);
+    /// A verifier for shard `shard` of `peers`. With `restored`, the replay guard persists:
+    /// it starts from the buckets this shard owns (bucket `b` lives on worker `b mod peers`),
+    /// and writes them whole at once (see [`ShardVerifier::take_replay_records`]).
+    pub fn new(
+        shard: u32,
+        peers: usize,
+        cfg: VerifyConfig,
+        keyring: Arc<Keyring>,
+        key: SampleKey,
+        restored: Option<&Restored>,
+    ) -> Self {
+        let mut replay = ReplayGuard::new(cfg.replay_window_ids, cfg.replay_window_ms);
+        let mut replay_out = Vec::new();
+        if let Some(state) = restored {
+            replay = replay.with_journal();
+            for b in (0..BUCKETS).filter(|b| b % peers.max(1) == shard as usize) {
+                let b = b as u8;
+                if let Some(w) = state.get(usize::from(b)) {
+                    replay.restore_bucket(b, w);
+                }
+                replay_out.extend(ReplayRecord::snapshot(
+                    key.id(),
+                    shard,
+                    b,
+                    &replay.bucket_sightings(b),
+                ));
+            }
+        }
         ShardVerifier {
             shard,
-            fraction: sample_fraction(n, cfg.batch_size.max(1)),
-            replay: ReplayGuard::new(cfg.replay_window_ids, cfg.replay_window_ms),
+            target: sample_size(cfg.statistical_confidence, cfg.statistical_max_defect_rate),
+            replay,
             cfg,
             keyring,
+            key,
             next_seq: 0,
             open: [None, None, None],
             now_ms: 0,
+            check_lags: Vec::new(),
+            replay_out,
         }
     }
 
     /// Entries held by the replay guard (bounded by config).
     pub fn replay_len(&self) -> usize {
         self.replay.len()
+    }
+
+    /// Statistical-tier items emitted `sampled_out` whose check waits for their batch's seal.
+    pub fn deferred_len(&self) -> usize {
+        self.open[Tier::Statistical as usize]
+            .as_ref()
+            .map_or(0, |b| b.deferred.len())
+    }
+
+    /// The lags (ms from emission to check) of the deferred checks made since the last call.
+    pub fn take_check_lags(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.check_lags)
+    }
+
+    /// The replay-log records made since the last call: with persistence on, the whole window
+    /// of each owned bucket at start, then after each epoch its new sightings and any bucket
+    /// due to be written whole. They must be durable before the epoch's input is committed.
+    pub fn take_replay_records(&mut self) -> Vec<ReplayRecord> {
+        std::mem::take(&mut self.replay_out)
     }
 
     /// Verifies the records of one complete epoch. Records are taken in `position` order so
@@ -120,8 +209,10 @@ impl ShardVerifier {
         let mut by_tier: [Vec<(Scored, Checks)>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for s in items {
             let d = &s.decoded;
+            let fp = fingerprint(d.id_hash);
+            let tag = provenance(d.origin.input.as_ref(), d.origin.position, &d.obs.payload_sha256);
             // The age test uses the arrival time: the sender picks `timestamp`, not this.
-            let replay = self.replay.check_and_insert(d.id_hash, d.origin.arrival_ms);
+            let replay = self.replay.check(d.bucket, fp, tag, d.origin.arrival_ms);
             let digest = match d.obs.digest {
                 None => DigestCheck::Absent,
                 Some(claim) if claim == d.obs.payload_sha256 => DigestCheck::Ok,
@@ -151,6 +242,21 @@ impl ShardVerifier {
         }
         for (s, checks) in full {
             self.full(s, checks, now_ms, out);
+        }
+        self.log_replay_changes();
+    }
+
+    /// With persistence on: the epoch's new sightings, then the buckets due to be written whole.
+    fn log_replay_changes(&mut self) {
+        let new = self.replay.drain_journal();
+        if !new.is_empty() {
+            self.replay_out
+                .extend(ReplayRecord::deltas(self.key.id(), self.shard, new));
+        }
+        for b in self.replay.due_snapshots() {
+            let window = self.replay.bucket_sightings(b);
+            self.replay_out
+                .extend(ReplayRecord::snapshot(self.key.id(), self.shard, b, &window));
         }
     }
 
@@ -207,10 +313,13 @@ impl ShardVerifier {
                 seq,
                 opened_ms: now_ms,
                 len: 0,
+                signed: 0,
+                checked: 0,
                 sampled_total: 0,
                 sampled_passed: 0,
                 escalated: false,
                 held: Vec::new(),
+                deferred: Vec::new(),
             }
         })
     }
@@ -241,9 +350,13 @@ impl ShardVerifier {
         let Some(mut b) = self.open[tier as usize].take() else {
             return;
         };
-        if tier == Tier::Full {
-            self.verify_held(&mut b.held);
-            out.extend(b.held.drain(..).map(BatchEvent::Item));
+        match tier {
+            Tier::Full => {
+                self.verify_held(&mut b.held);
+                out.extend(b.held.drain(..).map(BatchEvent::Item));
+            }
+            Tier::Statistical => self.check_deferred(&mut b, out),
+            Tier::Incremental => {}
         }
         out.push(BatchEvent::Seal(Seal {
             shard: self.shard,
@@ -254,15 +367,81 @@ impl ShardVerifier {
         }));
     }
 
-    fn check_signature(&self, s: &Scored) -> SignatureCheck {
-        let d = &s.decoded;
-        match &d.obs.signature {
-            None => SignatureCheck::Absent,
-            Some(sig) => {
-                let msg = observation_message(&d.obs.id, &d.obs.payload_sha256);
-                from_sig_check(verify_one(&self.keyring, &sig.key_id, &msg, &sig.sig))
-            }
+    /// The statistical tier's later check: every signature the batch emitted `sampled_out`,
+    /// batch-verified; each bad one becomes a rollback leaf appended to the batch.
+    fn check_deferred(&mut self, b: &mut OpenBatch, out: &mut Vec<BatchEvent<Checked>>) {
+        if b.deferred.is_empty() {
+            return;
         }
+        let msgs: Vec<Vec<u8>> = b
+            .deferred
+            .iter()
+            .map(|d| observation_message(&d.id, &d.payload_sha256))
+            .collect();
+        let items: Vec<_> = b
+            .deferred
+            .iter()
+            .zip(&msgs)
+            .map(|(d, m)| (&d.key, m.as_slice(), &d.sig))
+            .collect();
+        let ok = verify_batch(&items);
+        drop(items);
+        let now = self.now_ms;
+        for (d, ok) in b.deferred.drain(..).zip(ok) {
+            self.check_lags.push(now.saturating_sub(d.emitted_ms));
+            if ok {
+                continue;
+            }
+            let batch = BatchRef {
+                shard: self.shard,
+                seq: b.seq,
+                leaf_index: b.len,
+            };
+            b.len += 1;
+            out.push(BatchEvent::Rollback(Box::new(Rollback {
+                id: d.id,
+                input: d.input,
+                reason: Reason::SignatureBad,
+                verdict_batch: d.batch,
+                payload_digest: crate::verification::sha256_ref(&d.payload_sha256),
+                batch,
+                proof: None,
+                at: String::new(),
+            })));
+        }
+    }
+
+    /// Ed25519-verifies the signatures of `items` at `idx` together (they passed the cheap
+    /// checks, so their keys are known) and settles each as `Ok` or `Bad`; returns how many
+    /// passed.
+    fn verify_now(&self, items: &mut [(Scored, Checks)], idx: &[usize]) -> u64 {
+        if idx.is_empty() {
+            return 0;
+        }
+        let parts: Vec<(VerifyingKey, Vec<u8>, [u8; 64])> = idx
+            .iter()
+            .map(|&i| {
+                let obs = &items[i].0.decoded.obs;
+                let sig = obs.signature.as_ref().expect("a sampled_out item is signed");
+                let key = *self
+                    .keyring
+                    .get(&sig.key_id)
+                    .expect("the cheap check found the key");
+                (key, observation_message(&obs.id, &obs.payload_sha256), sig.sig)
+            })
+            .collect();
+        let batch: Vec<_> = parts.iter().map(|(k, m, s)| (k, m.as_slice(), s)).collect();
+        let ok = verify_batch(&batch);
+        let mut passed = 0;
+        for (&i, ok) in idx.iter().zip(ok) {
+            items[i].1.signature = if ok {
+                SignatureCheck::Ok
+            } else {
+                SignatureCheck::Bad
+            };
+            passed += u64::from(ok);
+        }
+        passed
     }
 
     fn statistical(&mut self, items: Vec<(Scored, Checks)>, now_ms: u64, out: &mut Vec<BatchEvent<Checked>>) {
@@ -270,36 +449,42 @@ impl ShardVerifier {
         while rest.peek().is_some() {
             let room = self.cfg.batch_size.max(1) - self.batch(Tier::Statistical, now_ms).len as usize;
             let mut chunk: Vec<(Scored, Checks)> = rest.by_ref().take(room).collect();
-            // First the sampled signatures (all of them once escalated) ...
-            let escalated = self.batch(Tier::Statistical, now_ms).escalated;
-            let mut failed = false;
-            let (mut total, mut passed) = (0, 0);
-            for (s, c) in chunk.iter_mut() {
-                if c.signature == SignatureCheck::SampledOut
-                    && (escalated
-                        || is_sampled(
-                            self.cfg.statistical_seed.as_bytes(),
-                            &s.decoded.obs.id,
-                            self.fraction,
-                        ))
-                {
-                    c.signature = self.check_signature(s);
-                    total += 1;
-                    passed += u64::from(c.signature == SignatureCheck::Ok);
-                    failed |= c.signature.failed();
-                }
-            }
-            // ... then, if any failed, every other signature of the chunk.
+            let pending: Vec<usize> = (0..chunk.len())
+                .filter(|&i| chunk[i].1.signature == SignatureCheck::SampledOut)
+                .collect();
+            let b = self.batch(Tier::Statistical, now_ms);
+            let (signed, checked, escalated) = (b.signed, b.checked, b.escalated);
+            // The sample: the chunk's share of the batch's quota, by keyed rank; everything
+            // once the batch has escalated.
+            let now: Vec<usize> = if escalated {
+                pending.clone()
+            } else {
+                let quota = chunk_quota(self.target, signed, checked, pending.len());
+                let ranks: Vec<u64> = pending
+                    .iter()
+                    .map(|&i| self.key.rank(&chunk[i].0.decoded.obs.id))
+                    .collect();
+                least_ranked(&ranks, quota)
+                    .into_iter()
+                    .map(|j| pending[j])
+                    .collect()
+            };
+            let mut total = now.len() as u64;
+            let mut passed = self.verify_now(&mut chunk, &now);
+            // A failure escalates: the rest of the chunk now, and the rest of the batch.
+            let failed = passed < total;
             if failed {
-                for (s, c) in chunk.iter_mut() {
-                    if c.signature == SignatureCheck::SampledOut {
-                        c.signature = self.check_signature(s);
-                        total += 1;
-                        passed += u64::from(c.signature == SignatureCheck::Ok);
-                    }
-                }
+                let rest: Vec<usize> = pending
+                    .iter()
+                    .copied()
+                    .filter(|&i| chunk[i].1.signature == SignatureCheck::SampledOut)
+                    .collect();
+                total += rest.len() as u64;
+                passed += self.verify_now(&mut chunk, &rest);
             }
             let b = self.batch(Tier::Statistical, now_ms);
+            b.signed += pending.len();
+            b.checked += total as usize;
             b.escalated |= failed;
             b.sampled_total += total;
             b.sampled_passed += passed;
@@ -307,6 +492,23 @@ impl ShardVerifier {
             for (s, checks) in chunk {
                 let batch = self.place(Tier::Statistical, now_ms);
                 let unverified = checks.signature == SignatureCheck::SampledOut;
+                if unverified {
+                    let obs = &s.decoded.obs;
+                    let sig = obs.signature.as_ref().expect("a sampled_out item is signed");
+                    let deferred = Deferred {
+                        id: obs.id.clone(),
+                        input: s.decoded.origin.input.clone(),
+                        payload_sha256: obs.payload_sha256,
+                        key: *self
+                            .keyring
+                            .get(&sig.key_id)
+                            .expect("the cheap check found the key"),
+                        sig: sig.sig,
+                        batch,
+                        emitted_ms: now_ms,
+                    };
+                    self.batch(Tier::Statistical, now_ms).deferred.push(deferred);
+                }
                 let v = verification(Tier::Statistical, checks, if unverified { wilson } else { 1.0 });
                 out.push(BatchEvent::Item(Checked {
                     scored: s,
@@ -318,16 +520,15 @@ impl ShardVerifier {
         }
     }
 
-    fn incremental(
-        &mut self,
-        s: Scored,
-        mut checks: Checks,
-        now_ms: u64,
-        out: &mut Vec<BatchEvent<Checked>>,
-    ) {
-        if checks.signature == SignatureCheck::SampledOut {
-            checks.signature = self.check_signature(&s);
-        }
+    fn incremental(&mut self, s: Scored, checks: Checks, now_ms: u64, out: &mut Vec<BatchEvent<Checked>>) {
+        let mut one = [(s, checks)];
+        let pending: &[usize] = if checks.signature == SignatureCheck::SampledOut {
+            &[0]
+        } else {
+            &[]
+        };
+        self.verify_now(&mut one, pending);
+        let [(s, checks)] = one;
         let batch = self.place(Tier::Incremental, now_ms);
         out.push(BatchEvent::Item(Checked {
             scored: s,
@@ -415,14 +616,6 @@ fn cheap_signature_check(keyring: &Keyring, sig: &SignatureRef) -> SignatureChec
     }
 }
 
-fn from_sig_check(c: SigCheck) -> SignatureCheck {
-    match c {
-        SigCheck::Ok => SignatureCheck::Ok,
-        SigCheck::Bad => SignatureCheck::Bad,
-        SigCheck::UnknownKey => SignatureCheck::UnknownKey,
-    }
-}
-
 /// Builds the verification object: invalid → confidence 0, else the tier's confidence.
 fn verification(tier: Tier, checks: Checks, confidence_if_valid: f64) -> Verification {
     let reason = checks.reason();
@@ -452,10 +645,18 @@ mod tests {
         SigningKey::from_bytes(&[3; 32])
     }
 
+    fn sample_key() -> SampleKey {
+        SampleKey::from_secret(&[9; 32])
+    }
+
     fn keyring() -> Arc<Keyring> {
         let mut k = Keyring::new();
         k.insert(key_id(&key().verifying_key()), key().verifying_key());
         Arc::new(k)
+    }
+
+    fn verifier(cfg: VerifyConfig) -> ShardVerifier {
+        ShardVerifier::new(0, 1, cfg, keyring(), sample_key(), None)
     }
 
     /// An observation `id` at input position `pos`; `sig`: None, Some(true) good, Some(false) bad.
@@ -471,6 +672,7 @@ mod tests {
                 sig: s,
             }
         });
+        let h = id_hash(id);
         Scored {
             decoded: Box::new(Decoded {
                 obs: Observation {
@@ -493,7 +695,8 @@ mod tests {
                     future_dated: false,
                     arrival_ms: 0,
                 },
-                id_hash: id_hash(id),
+                id_hash: h,
+                bucket: sample_key().bucket(fingerprint(h)),
             }),
             convergence: Convergence {
                 clarity: 0.5,
@@ -511,7 +714,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 BatchEvent::Item(c) => Some(c),
-                BatchEvent::Seal(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -521,7 +724,17 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 BatchEvent::Seal(s) => Some(*s),
-                BatchEvent::Item(_) => None,
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn rollbacks(events: &[BatchEvent<Checked>]) -> Vec<&Rollback> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                BatchEvent::Rollback(r) => Some(&**r),
+                _ => None,
             })
             .collect()
     }
@@ -533,9 +746,16 @@ mod tests {
         }
     }
 
+    fn sigs(events: &[BatchEvent<Checked>]) -> Vec<SignatureCheck> {
+        items(events)
+            .iter()
+            .map(|c| c.verification.checks.signature)
+            .collect()
+    }
+
     #[test]
     fn full_tier_waits_for_the_seal_and_batch_checks_signatures() {
-        let mut v = ShardVerifier::new(7, cfg(4), keyring());
+        let mut v = ShardVerifier::new(7, 8, cfg(4), keyring(), sample_key(), None);
         let mut out = Vec::new();
         let batch: Vec<_> = (0..3)
             .map(|i| scored(&format!("f{i}"), i, Urgency::Batch, Some(i != 1)))
@@ -559,9 +779,8 @@ mod tests {
             matches!(out.last(), Some(BatchEvent::Seal(_))),
             "the seal comes after its items"
         );
-        let sigs: Vec<_> = got.iter().map(|c| c.verification.checks.signature).collect();
         use SignatureCheck::*;
-        assert_eq!(sigs, [Ok, Bad, Ok, Absent]);
+        assert_eq!(sigs(&out), [Ok, Bad, Ok, Absent]);
         assert_eq!(got[1].verification.confidence, 0.0);
         assert_eq!(got[1].verification.reason.as_deref(), Some("bad_signature"));
         assert_eq!(got[0].verification.confidence, 1.0);
@@ -571,7 +790,7 @@ mod tests {
 
     #[test]
     fn incremental_verdicts_leave_at_once_and_seal_by_time() {
-        let mut v = ShardVerifier::new(0, cfg(64), keyring());
+        let mut v = verifier(cfg(64));
         let mut out = Vec::new();
         v.process(
             vec![scored("a", 0, Urgency::NearRealTime, Some(true))],
@@ -601,7 +820,7 @@ mod tests {
 
     #[test]
     fn tiers_share_one_seq_counter_per_shard() {
-        let mut v = ShardVerifier::new(0, cfg(64), keyring());
+        let mut v = verifier(cfg(64));
         let mut out = Vec::new();
         let epoch = vec![
             scored("s", 0, Urgency::RealTime, None),
@@ -620,7 +839,7 @@ mod tests {
 
     #[test]
     fn a_repeated_id_is_a_replay_in_input_order() {
-        let mut v = ShardVerifier::new(0, cfg(64), keyring());
+        let mut v = verifier(cfg(64));
         let mut out = Vec::new();
         // Delivered out of order within the epoch: position decides which one is first.
         v.process(
@@ -638,59 +857,174 @@ mod tests {
         assert_eq!(got[1].verification.reason.as_deref(), Some("replay"));
     }
 
+    /// n = 29 for the defaults: of a batch filled in one epoch, exactly 29 signatures are
+    /// checked at once, and which ones depends on the secret.
     #[test]
-    fn statistical_tier_samples_and_escalates_on_a_sampled_failure() {
-        let c = cfg(64);
-        let fraction = sample_fraction(sample_size(0.95, 0.10), 64);
-        assert!((fraction - 29.0 / 64.0).abs() < 1e-12);
-        // Find ids that are (not) sampled under the default seed.
-        let sampled = |id: &str| is_sampled(c.statistical_seed.as_bytes(), id, fraction);
-        let ids: Vec<String> = (0..200).map(|i| format!("st{i}")).collect();
-        let yes: Vec<&String> = ids.iter().filter(|i| sampled(i)).take(3).collect();
-        let no: Vec<&String> = ids.iter().filter(|i| !sampled(i)).take(3).collect();
+    fn a_full_batch_checks_exactly_n_signatures_at_once_chosen_by_the_secret() {
+        let epoch = || -> Vec<Scored> {
+            (0..64)
+                .map(|i| scored(&format!("st{i}"), i, Urgency::RealTime, Some(true)))
+                .collect()
+        };
+        let checked_ids = |secret: u8| {
+            let mut v = ShardVerifier::new(
+                0,
+                1,
+                cfg(64),
+                keyring(),
+                SampleKey::from_secret(&[secret; 32]),
+                None,
+            );
+            let mut out = Vec::new();
+            v.process(epoch(), 0, &mut out);
+            let got = items(&out);
+            let wilson = wilson_lower_bound(29, 29);
+            for c in &got {
+                let want = if c.verification.checks.signature == SignatureCheck::Ok {
+                    1.0
+                } else {
+                    wilson
+                };
+                assert_eq!(c.verification.confidence, want);
+            }
+            got.iter()
+                .filter(|c| c.verification.checks.signature == SignatureCheck::Ok)
+                .map(|c| c.scored.decoded.obs.id.to_string())
+                .collect::<Vec<_>>()
+        };
+        let a = checked_ids(1);
+        let b = checked_ids(2);
+        assert_eq!(a.len(), 29);
+        assert_eq!(b.len(), 29);
+        assert_ne!(a, b, "another secret, another sample");
+        assert_eq!(a, checked_ids(1), "the same secret, the same sample");
+    }
 
-        // All good: unsampled ones are `sampled_out` with the Wilson bound of 3/3.
-        let mut v = ShardVerifier::new(0, c.clone(), keyring());
+    #[test]
+    fn a_batch_growing_in_small_chunks_checks_every_signature_until_n() {
+        let mut v = verifier(cfg(64));
         let mut out = Vec::new();
-        let epoch = yes
+        for i in 0..40u64 {
+            v.process(
+                vec![scored(&format!("s{i}"), i, Urgency::RealTime, Some(true))],
+                i,
+                &mut out,
+            );
+        }
+        let s = sigs(&out);
+        assert!(s[..29].iter().all(|c| *c == SignatureCheck::Ok), "{s:?}");
+        assert!(s[29..].iter().all(|c| *c == SignatureCheck::SampledOut), "{s:?}");
+        // A batch of 10 that seals by time has had all 10 checked: min(N, n).
+        let mut v = verifier(cfg(64));
+        let mut out = Vec::new();
+        let ten: Vec<_> = (0..10)
+            .map(|i| scored(&format!("t{i}"), i, Urgency::RealTime, Some(true)))
+            .collect();
+        v.process(ten, 0, &mut out);
+        assert!(sigs(&out).iter().all(|c| *c == SignatureCheck::Ok));
+    }
+
+    #[test]
+    fn a_failed_check_escalates_the_rest_of_the_chunk_and_the_batch() {
+        // With n = 1 the sample is one item; make the sampled one bad.
+        let c = VerifyConfig {
+            statistical_confidence: 0.1,
+            statistical_max_defect_rate: 0.5,
+            ..cfg(64)
+        };
+        assert_eq!(sample_size(0.1, 0.5), 1);
+        let ids: Vec<String> = (0..8).map(|i| format!("e{i}")).collect();
+        let first = ids.iter().min_by_key(|id| sample_key().rank(id)).unwrap().clone();
+        let mut v = verifier(c);
+        let mut out = Vec::new();
+        let epoch = ids
             .iter()
-            .chain(&no)
             .enumerate()
-            .map(|(p, id)| scored(id, p as u64, Urgency::RealTime, Some(true)));
-        v.process(epoch.collect(), 0, &mut out);
+            .map(|(p, id)| scored(id, p as u64, Urgency::RealTime, Some(*id != first && p != 3)))
+            .collect();
+        v.process(epoch, 0, &mut out);
         let got = items(&out);
-        let wilson = wilson_lower_bound(3, 3);
         for c in &got {
             let id = &c.scored.decoded.obs.id;
-            if sampled(id) {
-                assert_eq!(c.verification.checks.signature, SignatureCheck::Ok);
-                assert_eq!(c.verification.confidence, 1.0);
+            let bad = *id == first || c.scored.decoded.origin.position == 3;
+            let want = if bad {
+                SignatureCheck::Bad
             } else {
-                assert_eq!(c.verification.checks.signature, SignatureCheck::SampledOut);
-                assert!(c.verification.valid);
-                assert_eq!(c.verification.confidence, wilson);
-            }
+                SignatureCheck::Ok
+            };
+            assert_eq!(c.verification.checks.signature, want, "{id}");
         }
-
-        // A bad sampled signature: everything in the batch gets checked, bad ones found.
-        let mut v = ShardVerifier::new(0, c, keyring());
-        let mut out = Vec::new();
-        let mut epoch = vec![scored(yes[0], 0, Urgency::RealTime, Some(false))];
-        epoch.push(scored(no[0], 1, Urgency::RealTime, Some(false)));
-        epoch.push(scored(no[1], 2, Urgency::RealTime, Some(true)));
-        v.process(epoch, 0, &mut out);
-        let sigs: Vec<_> = items(&out)
-            .iter()
-            .map(|c| c.verification.checks.signature)
-            .collect();
-        assert_eq!(
-            sigs,
-            [SignatureCheck::Bad, SignatureCheck::Bad, SignatureCheck::Ok]
-        );
-        // Later epochs of the same batch are checked in full too.
         out.clear();
-        v.process(vec![scored(no[2], 3, Urgency::RealTime, Some(true))], 1, &mut out);
-        assert_eq!(items(&out)[0].verification.checks.signature, SignatureCheck::Ok);
+        v.process(
+            vec![scored("later", 9, Urgency::RealTime, Some(true))],
+            1,
+            &mut out,
+        );
+        assert_eq!(
+            sigs(&out),
+            [SignatureCheck::Ok],
+            "later chunks of the batch are checked too"
+        );
+    }
+
+    /// Forged items the sample does not reach are emitted `sampled_out` and valid, then
+    /// rolled back when the batch seals: each by its own leaf after the verdicts.
+    #[test]
+    fn every_sampled_out_signature_is_checked_at_seal_and_a_bad_one_is_rolled_back() {
+        let ids: Vec<String> = (0..64).map(|i| format!("r{i}")).collect();
+        // The five ids the keyed sample ranks last: it checks the 29 first.
+        let mut by_rank = ids.clone();
+        by_rank.sort_by_key(|id| sample_key().rank(id));
+        let forged: Vec<&String> = by_rank[59..].iter().collect();
+        let mut v = verifier(cfg(64));
+        let mut out = Vec::new();
+        let epoch: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| scored(id, i as u64, Urgency::RealTime, Some(!forged.contains(&id))))
+            .collect();
+        v.process(epoch, 0, &mut out);
+        let got = items(&out);
+        let emitted: Vec<_> = got
+            .iter()
+            .filter(|c| forged.contains(&&c.scored.decoded.obs.id.to_string()))
+            .map(|c| {
+                assert_eq!(c.verification.checks.signature, SignatureCheck::SampledOut);
+                assert!(c.verification.valid, "provisionally valid: the sample missed it");
+                (c.scored.decoded.obs.id.clone(), c.batch)
+            })
+            .collect();
+        assert_eq!(emitted.len(), 5);
+        // The batch filled and sealed in the same call: its rollbacks are already out.
+        let rb = rollbacks(&out);
+        assert_eq!(rb.len(), 5);
+        let seal = seals(&out)[0];
+        assert_eq!(seal.size, 64 + 5, "the rollback leaves are in the batch");
+        for (k, (r, (id, batch))) in rb.iter().zip(&emitted).enumerate() {
+            assert_eq!(&r.id, id);
+            assert_eq!(r.verdict_batch, *batch);
+            assert_eq!(r.batch.seq, batch.seq);
+            assert_eq!(r.batch.leaf_index, 64 + k as u32);
+            assert_eq!(r.reason, Reason::SignatureBad);
+            assert_eq!(
+                r.leaf(),
+                Some(crate::rollback::leaf_hash(
+                    id,
+                    &Sha256::digest(id.as_bytes()).into(),
+                    Reason::SignatureBad
+                ))
+            );
+        }
+        assert!(
+            matches!(out.last(), Some(BatchEvent::Seal(_))),
+            "rollbacks come before the seal"
+        );
+        assert_eq!(
+            v.take_check_lags().len(),
+            64 - 29,
+            "every sampled_out signature was checked"
+        );
+        assert_eq!(v.deferred_len(), 0);
     }
 
     /// `scored` with its signature under a key id that is not in the keyring, or with its
@@ -708,13 +1042,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_unreduced_signatures_are_invalid_in_every_tier_sampled_or_not() {
-        // A sample of nothing: only the cheap checks run in the statistical tier.
+        // A sample of nothing: only the cheap checks run at once in the statistical tier.
         let c = VerifyConfig {
             statistical_confidence: 0.0,
             ..cfg(64)
         };
         for urgency in [Urgency::RealTime, Urgency::NearRealTime, Urgency::Batch] {
-            let mut v = ShardVerifier::new(0, c.clone(), keyring());
+            let mut v = verifier(c.clone());
             let mut out = Vec::new();
             let epoch = vec![
                 scored("good", 0, urgency, Some(true)),
@@ -741,6 +1075,7 @@ mod tests {
                 ],
                 "{urgency:?}"
             );
+            assert!(rollbacks(&out).is_empty(), "the good one passes its later check");
         }
     }
 
@@ -757,7 +1092,7 @@ mod tests {
             s
         };
         let replays = |epoch: Vec<Scored>| {
-            let mut v = ShardVerifier::new(0, c.clone(), keyring());
+            let mut v = verifier(c.clone());
             let mut out = Vec::new();
             v.process(epoch, 0, &mut out);
             items(&out)
@@ -774,19 +1109,112 @@ mod tests {
 
     #[test]
     fn required_signatures_make_unsigned_invalid() {
-        let mut v = ShardVerifier::new(
-            0,
-            VerifyConfig {
-                require_signatures: true,
-                ..cfg(64)
-            },
-            keyring(),
-        );
+        let mut v = verifier(VerifyConfig {
+            require_signatures: true,
+            ..cfg(64)
+        });
         let mut out = Vec::new();
         v.process(vec![scored("u", 0, Urgency::NearRealTime, None)], 0, &mut out);
         let c = items(&out)[0];
         assert_eq!(c.verification.checks.signature, SignatureCheck::RequiredMissing);
         assert!(!c.verification.valid);
         assert_eq!(c.verification.reason.as_deref(), Some("required_missing"));
+    }
+
+    /// The attack of issue 14: ids chosen so that their public hash (the first byte of
+    /// BLAKE3, the bucket before it was keyed) is the target's. At the default window, 100,000
+    /// of them do not evict the target; under public buckets 4,096 did.
+    #[test]
+    fn ids_chosen_to_share_a_public_bucket_do_not_flush_the_replay_window() {
+        let public = |id: &str| blake3::hash(id.as_bytes()).as_bytes()[0];
+        let target = "target";
+        let b = public(target);
+        let mut flood: Vec<String> = Vec::with_capacity(100_000);
+        let mut id = *b"f0000000000000000";
+        for i in 0u64.. {
+            hex::encode_to_slice(i.to_be_bytes(), &mut id[1..]).expect("16 digits");
+            if blake3::hash(&id).as_bytes()[0] == b {
+                flood.push(String::from_utf8(id.to_vec()).expect("ASCII"));
+                if flood.len() == 100_000 {
+                    break;
+                }
+            }
+        }
+        let mut v = verifier(cfg(64));
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        let mut send = |v: &mut ShardVerifier, ids: &[&str], out: &mut Vec<BatchEvent<Checked>>| {
+            let epoch = ids
+                .iter()
+                .map(|id| {
+                    pos += 1;
+                    scored(id, pos, Urgency::NearRealTime, None)
+                })
+                .collect();
+            v.process(epoch, 0, out);
+        };
+        send(&mut v, &[target], &mut out);
+        for half in flood.chunks(50_000) {
+            for chunk in half.chunks(1024) {
+                let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                send(&mut v, &ids, &mut out);
+            }
+            out.clear();
+            send(&mut v, &[target], &mut out);
+            let last = items(&out).pop().unwrap();
+            assert!(
+                last.verification.checks.replay,
+                "the target seen 50,000 flood ids earlier is a replay"
+            );
+        }
+        // The control: the same flood against buckets a sender can compute evicts the target.
+        let mut public_guard = ReplayGuard::new(VerifyConfig::default().replay_window_ids, 0);
+        let fp = |id: &str| fingerprint(id_hash(id));
+        public_guard.check(b, fp(target), 0, 0);
+        for (i, id) in flood.iter().enumerate().take(5_000) {
+            public_guard.check(b, fp(id), i as u64 * 2 + 2, 0);
+        }
+        assert!(
+            !public_guard.check(b, fp(target), 1, 0),
+            "under a public bucket the target is flushed"
+        );
+    }
+
+    /// A verifier restarted from its replay log answers the rest of the stream as one that
+    /// never stopped, and records read again get their first answers.
+    #[test]
+    fn a_verifier_restored_from_its_replay_log_continues_the_first() {
+        use crate::verification::replay_log::{restore, restore_start};
+        let stream: Vec<Scored> = (0..600u64)
+            .map(|i| scored(&format!("id{}", i % 250), i, Urgency::NearRealTime, None))
+            .collect();
+        let replays = |v: &mut ShardVerifier, part: &[Scored], log: &mut Vec<ReplayRecord>| {
+            let mut out = Vec::new();
+            for (e, chunk) in part.chunks(50).enumerate() {
+                v.process(chunk.to_vec(), e as u64, &mut out);
+                log.extend(v.take_replay_records());
+            }
+            items(&out)
+                .iter()
+                .map(|c| c.verification.checks.replay)
+                .collect::<Vec<_>>()
+        };
+        let empty: Restored = Arc::new(vec![Vec::new(); BUCKETS]);
+        let mut whole = ShardVerifier::new(0, 1, cfg(64), keyring(), sample_key(), Some(&empty));
+        let mut log_whole = Vec::new();
+        let want = replays(&mut whole, &stream, &mut log_whole);
+
+        let mut first = ShardVerifier::new(0, 1, cfg(64), keyring(), sample_key(), Some(&empty));
+        let mut log = Vec::new();
+        let a = replays(&mut first, &stream[..400], &mut log);
+        // Restart: restore, then read again from position 300 (100 records processed twice).
+        let positions: Vec<(u64, &ReplayRecord)> =
+            log.iter().enumerate().map(|(i, r)| (i as u64, r)).collect();
+        let start = restore_start(&positions).unwrap() as usize;
+        let restored: Restored = Arc::new(restore(log[start..].iter().cloned(), &sample_key(), 1 << 12));
+        let mut second = ShardVerifier::new(0, 1, cfg(64), keyring(), sample_key(), Some(&restored));
+        let b = replays(&mut second, &stream[300..], &mut log);
+        assert_eq!(a[..], want[..400]);
+        assert_eq!(b[..], want[300..], "the re-read records get their first answers");
     }
 }

@@ -5,6 +5,7 @@ pub mod commitment;
 pub mod leaf;
 pub mod merkle;
 pub mod replay;
+pub mod replay_log;
 pub mod sampling;
 pub mod signature;
 
@@ -86,13 +87,6 @@ impl SignatureCheck {
             SignatureCheck::SampledOut => "sampled_out",
             SignatureCheck::RequiredMissing => "required_missing",
         }
-    }
-
-    fn failed(self) -> bool {
-        matches!(
-            self,
-            SignatureCheck::Bad | SignatureCheck::UnknownKey | SignatureCheck::RequiredMissing
-        )
     }
 }
 

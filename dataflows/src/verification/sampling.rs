@@ -1,6 +1,84 @@
-//! The statistical tier's arithmetic (SPEC §2.2): how many signatures to sample per batch,
-//! which items fall in the sample, and the Wilson bound used as the confidence of the rest.
-//! It does not decide escalation or assign confidences to verdicts (`verification/mod.rs`).
+//! The statistical tier's arithmetic (SPEC §2.2): how many signatures to check at once per
+//! batch, which items those are (a keyed hash under the deployment's secret, so no sender can
+//! predict it), and the Wilson bound used as the confidence of the rest. Also the keyed
+//! bucket of the replay guard, from the same secret. It does not decide escalation or assign
+//! confidences to verdicts (`batcher.rs`).
+
+use std::fmt;
+
+/// The per-deployment secret (`verification.sampling_key_path`) and the two keys derived
+/// from it: one ranks ids for the statistical sample, one places fingerprints in the replay
+/// guard's buckets. Neither can be computed without the secret, so a sender can neither pick
+/// ids that escape the sample nor ids that share a bucket.
+#[derive(Clone)]
+pub struct SampleKey {
+    sample: [u8; 32],
+    bucket: [u8; 32],
+    id: [u8; 8],
+}
+
+impl SampleKey {
+    /// The keys derived from a 32-byte secret (BLAKE3 `derive_key`, one context each).
+    pub fn from_secret(secret: &[u8; 32]) -> SampleKey {
+        let sample = blake3::derive_key("bizra 2026-12 statistical sample v1", secret);
+        let bucket = blake3::derive_key("bizra 2026-12 replay bucket v1", secret);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&blake3::hash(&bucket).as_bytes()[..8]);
+        SampleKey { sample, bucket, id }
+    }
+
+    /// The rank of `id` in the sample order: the first 8 bytes, little-endian, of the keyed
+    /// BLAKE3 of the id. Uniform and unpredictable without the secret.
+    pub fn rank(&self, id: &str) -> u64 {
+        let h = blake3::keyed_hash(&self.sample, id.as_bytes());
+        u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+    }
+
+    /// The replay-guard bucket of a fingerprint: the first byte of its keyed BLAKE3.
+    pub fn bucket(&self, fingerprint: u64) -> u8 {
+        blake3::keyed_hash(&self.bucket, &fingerprint.to_le_bytes()).as_bytes()[0]
+    }
+
+    /// A public name of the bucket key (BLAKE3 of it, 8 bytes), written beside persisted
+    /// replay state so that a restore knows whether its buckets are still the same. It tells
+    /// nothing about the secret.
+    pub fn id(&self) -> [u8; 8] {
+        self.id
+    }
+}
+
+impl fmt::Debug for SampleKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SampleKey({})", crate::verification::to_hex(&self.id))
+    }
+}
+
+impl PartialEq for SampleKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.sample == other.sample && self.bucket == other.bucket
+    }
+}
+
+/// How many items of a chunk (the items an epoch adds to one batch) to check at once so
+/// that, whatever size N the batch ends with, exactly min(N, `target`) are checked: after
+/// `placed` items of which `checked` were checked, a chunk of `chunk` more checks the rest of
+/// the quota it can reach. Verdicts leave before the batch knows its size, and only this
+/// prefix rule gives min(N, n) for every N.
+pub fn chunk_quota(target: usize, placed: usize, checked: usize, chunk: usize) -> usize {
+    target.min(placed + chunk).saturating_sub(checked)
+}
+
+/// The positions of the `quota` items of `ranks` with the least ranks (ties by position),
+/// in position order: the keyed choice of which items of a chunk are checked at once.
+pub fn least_ranked(ranks: &[u64], quota: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..ranks.len()).collect();
+    if quota < ranks.len() {
+        order.select_nth_unstable_by_key(quota, |&i| (ranks[i], i));
+        order.truncate(quota);
+    }
+    order.sort_unstable();
+    order
+}
 
 /// z for a two-sided 95 % interval.
 pub const Z_95: f64 = 1.959963984540054;
@@ -25,30 +103,6 @@ pub fn sample_size(confidence: f64, max_defect_rate: f64) -> usize {
     }
     // Finite and positive here; `as` saturates anyway.
     ((1.0 - c).ln() / (1.0 - eps).ln()).ceil() as usize
-}
-
-/// The fraction of a batch to sample: min(1, n / N); 1 for an empty batch.
-pub fn sample_fraction(sample_size: usize, batch_size: usize) -> f64 {
-    if batch_size == 0 {
-        return 1.0;
-    }
-    (sample_size as f64 / batch_size as f64).min(1.0)
-}
-
-/// Whether `id` falls in the sample: the first 8 bytes of blake3(seed ‖ id), as a
-/// little-endian u64 u, satisfy u / 2⁶⁴ < fraction. Always true for fraction ≥ 1, never for
-/// fraction ≤ 0 or NaN. Deterministic, so every worker and every rerun samples alike.
-pub fn is_sampled(seed: &[u8], id: &str, fraction: f64) -> bool {
-    if fraction >= 1.0 {
-        return true;
-    }
-    let mut h = blake3::Hasher::new();
-    h.update(seed);
-    h.update(id.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&h.finalize().as_bytes()[..8]);
-    let u = u64::from_le_bytes(first);
-    (u as f64) / 18_446_744_073_709_551_616.0 < fraction
 }
 
 /// Lower end of the 95 % Wilson score interval for `passed` of `total` (z = [`Z_95`]):
@@ -90,30 +144,58 @@ mod tests {
     }
 
     #[test]
-    fn sample_fraction_is_capped_at_one() {
-        assert_eq!(sample_fraction(29, 64), 29.0 / 64.0);
-        assert_eq!(sample_fraction(29, 10), 1.0);
-        assert_eq!(sample_fraction(29, 0), 1.0);
+    fn the_chunk_quota_checks_the_first_n_of_every_batch() {
+        // Target 29: a batch filled in one chunk of 64 checks 29 of them.
+        assert_eq!(chunk_quota(29, 0, 0, 64), 29);
+        // A batch that grows by small chunks checks everything until 29 are checked.
+        assert_eq!(chunk_quota(29, 0, 0, 10), 10);
+        assert_eq!(chunk_quota(29, 10, 10, 10), 10);
+        assert_eq!(chunk_quota(29, 20, 20, 10), 9);
+        assert_eq!(chunk_quota(29, 30, 29, 10), 0);
+        // An escalated batch has checked more than its quota: never less than 0.
+        assert_eq!(chunk_quota(29, 30, 30, 10), 0);
+        // For every final size N, the checks made are min(N, n).
+        for n in [0usize, 1, 29, 64] {
+            for chunks in [vec![64usize], vec![1; 64], vec![10, 30, 24], vec![3, 61]] {
+                let (mut placed, mut checked) = (0, 0);
+                for c in chunks {
+                    checked += chunk_quota(n, placed, checked, c);
+                    placed += c;
+                    assert_eq!(checked, n.min(placed));
+                }
+            }
+        }
     }
 
     #[test]
-    fn is_sampled_follows_the_blake3_rule() {
-        let h = blake3::hash(b"seedobs-1");
-        let u = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap());
-        let x = u as f64 / 2f64.powi(64);
-        assert!(is_sampled(b"seed", "obs-1", x + 1e-9));
-        assert!(!is_sampled(b"seed", "obs-1", x));
-        assert!(is_sampled(b"seed", "obs-1", 1.0));
-        assert!(!is_sampled(b"seed", "obs-1", 0.0));
-        assert!(!is_sampled(b"seed", "obs-1", f64::NAN));
+    fn least_ranked_picks_the_smallest_ranks_in_position_order() {
+        assert_eq!(least_ranked(&[5, 1, 9, 3], 2), vec![1, 3]);
+        assert_eq!(least_ranked(&[5, 1, 9, 3], 0), Vec::<usize>::new());
+        assert_eq!(least_ranked(&[5, 1, 9, 3], 9), vec![0, 1, 2, 3]);
+        assert_eq!(least_ranked(&[7, 7, 7], 2), vec![0, 1], "ties by position");
     }
 
     #[test]
-    fn is_sampled_takes_about_the_asked_fraction() {
-        let hits = (0..10_000)
-            .filter(|i| is_sampled(b"s", &format!("id-{i}"), 0.25))
+    fn the_keyed_rank_and_bucket_depend_on_the_secret_and_spread_evenly() {
+        let a = SampleKey::from_secret(&[1; 32]);
+        let b = SampleKey::from_secret(&[2; 32]);
+        assert_ne!(a.rank("obs-1"), b.rank("obs-1"));
+        assert_eq!(a.rank("obs-1"), SampleKey::from_secret(&[1; 32]).rank("obs-1"));
+        assert_ne!(a.id(), b.id());
+        assert_eq!(format!("{a:?}"), format!("SampleKey({})", hex::encode(a.id())));
+        let mut per_bucket = [0u32; 256];
+        for fp in 0..256_000u64 {
+            per_bucket[usize::from(a.bucket(fp))] += 1;
+        }
+        // 1,000 expected per bucket; 6 sigma is about 190.
+        assert!(
+            per_bucket.iter().all(|&n| (800..1200).contains(&n)),
+            "{per_bucket:?}"
+        );
+        let below = (0..10_000)
+            .filter(|i| a.rank(&format!("id-{i}")) < u64::MAX / 4)
             .count();
-        assert!((2_300..2_700).contains(&hits), "{hits}");
+        assert!((2_300..2_700).contains(&below), "{below}");
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! Restores the replay guard's state from `kafka.replay_topic` at start (before any worker
+//! runs): reads the topic's partition 0 backwards in growing steps from its end until the
+//! records seen hold a whole snapshot of every bucket (or the topic's start is reached), then
+//! rebuilds the state from there (`verification::replay_log`). The workers write to the topic
+//! through their sinks; this file only reads it, and blocks (never call it on a worker).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bizra_dataflows::verification::batcher::Restored;
+use bizra_dataflows::verification::replay_log::{restore, restore_start, ReplayRecord};
+use bizra_dataflows::verification::sampling::SampleKey;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::KafkaConfig;
+
+/// Records read in the first step back from the end; each further step doubles it.
+const FIRST_STEP: i64 = 1024;
+
+/// The state the replay topic holds, in `key`'s buckets with `per_bucket` sightings each.
+/// A missing topic is an error naming it (create it with the other topics).
+pub fn load(cfg: &KafkaConfig, key: &SampleKey, per_bucket: usize) -> anyhow::Result<Restored> {
+    let started = Instant::now();
+    let consumer: BaseConsumer = cfg
+        .with_options(cfg.client_config(), false)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .context("creating the Kafka client that restores the replay state")?;
+    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    let topic = &cfg.replay_topic;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of kafka.replay_topic {topic}"))?;
+    match md.topics().iter().find(|t| t.name() == topic.as_str()) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {}
+        _ => bail!(
+            "kafka.replay_topic {topic} does not exist: create it with the other topics (1 partition; size-based retention of at least 4 replay windows, see README)"
+        ),
+    }
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, timeout)
+        .with_context(|| format!("reading the offsets of {topic}"))?;
+    // Read back from the end, each step twice as far, until a restore point is in sight.
+    let mut from = high;
+    let mut records: Vec<(i64, ReplayRecord)> = Vec::new();
+    let mut step = FIRST_STEP;
+    let start = loop {
+        let to = from;
+        from = (to - step).max(low);
+        let mut older = read_range(&consumer, topic, from, to, timeout)?;
+        older.append(&mut records);
+        records = older;
+        let tail: Vec<(u64, &ReplayRecord)> = records.iter().map(|(o, r)| (*o as u64, r)).collect();
+        if let Some(at) = restore_start(&tail) {
+            break at as i64;
+        }
+        if from == low {
+            break low;
+        }
+        step *= 2;
+    };
+    let used = records.iter().filter(|(o, _)| *o >= start).count();
+    let state = restore(
+        records.into_iter().filter(|(o, _)| *o >= start).map(|(_, r)| r),
+        key,
+        per_bucket,
+    );
+    let sightings: usize = state.iter().map(Vec::len).sum();
+    tracing::info!(
+        topic = %topic,
+        from = start,
+        to = high,
+        records = used,
+        sightings,
+        ms = started.elapsed().as_millis() as u64,
+        "replay state restored"
+    );
+    Ok(Arc::new(state))
+}
+
+/// The records at offsets `[from, to)` of partition 0 of `topic`, with their offsets. A
+/// record that does not decode is an error: the topic is bizra's own.
+fn read_range(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: i64,
+    to: i64,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(i64, ReplayRecord)>> {
+    let mut out = Vec::new();
+    if from >= to {
+        return Ok(out);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(from))?;
+    consumer.assign(&tpl)?;
+    let mut last_progress = Instant::now();
+    let mut next = from;
+    while next < to {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                next = m.offset() + 1;
+                if m.offset() >= to {
+                    break;
+                }
+                let bytes = m.payload().unwrap_or_default();
+                let r = ReplayRecord::decode(bytes).map_err(|e| {
+                    anyhow::anyhow!("{topic} offset {}: not a replay-log record: {e}", m.offset())
+                })?;
+                out.push((m.offset(), r));
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(e).with_context(|| format!("reading {topic}")),
+            None if last_progress.elapsed() > timeout => {
+                bail!(
+                    "reading {topic} from offset {next}: no record within {} ms",
+                    timeout.as_millis()
+                )
+            }
+            None => {}
+        }
+    }
+    Ok(out)
+}

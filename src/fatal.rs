@@ -20,8 +20,12 @@
 //!   broker error that is not about one record (authorisation, a deleted topic, the
 //!   idempotent producer's fatal state, TLS or SASL the broker does not accept, an unknown
 //!   code); a commitment or dead letter the sink refuses (it has no input to stand for); a
-//!   process of the timely cluster that is gone; a graceful stop that cannot drain or commit
-//!   in time; and any panic, in any thread.
+//!   rollback or replay-state record the sink refuses (a rollback stands for a verdict that
+//!   is out already; the replay state is what the next start needs); a replay state that
+//!   cannot be read back at start (a missing replay topic, an unreadable file, a record that
+//!   does not decode), or written (`replay_state.rs`); a process of the timely cluster that
+//!   is gone; a graceful stop that cannot drain or commit in time; and any panic, in any
+//!   thread.
 //!
 //! Why exit at once instead of unwinding: a timely worker that stops holds capabilities, so
 //! every other worker of the cluster would wait for it forever; the broker and the archive

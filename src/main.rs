@@ -15,6 +15,7 @@ use bizra::io::{InputSpec, OutputSpec};
 use bizra::run::{self, Cluster, Outputs, Source};
 use bizra::sign_cmd::{keyring_entry, Signer};
 use bizra_dataflows::observation::Urgency;
+use bizra_dataflows::verification::sampling::SampleKey;
 use bizra_dataflows::verification::signature::{self, Keyring};
 use clap::{Args, Parser, Subcommand};
 use ed25519_dalek::SigningKey;
@@ -353,7 +354,7 @@ fn cmd_keygen(out: &Path, force: bool, sampling: bool) -> anyhow::Result<ExitCod
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     write_secret(out, &signature::signing_key_to_file_text(&key), force)?;
     if sampling {
-        let id = bizra_dataflows::verification::sampling::SampleKey::from_secret(&key.to_bytes()).id();
+        let id = SampleKey::from_secret(&key.to_bytes()).id();
         println!("sampling key {}", hex::encode(id));
     } else {
         println!(
@@ -474,30 +475,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             k
         }
     };
-    let sampling_path = a
-        .sampling_key
-        .clone()
-        .or_else(|| nonempty(&cfg.verification.sampling_key_path));
-    let sample_key = match &sampling_path {
-        Some(p) => config::load_sampling_key(p)?,
-        None if a.processes > 1 => {
-            return Err(ConfigError::Invalid {
-                path: "verification.sampling_key_path".into(),
-                message: "a cluster (-n > 1) needs a sampling key that every process shares: make one with `bizra keygen --sampling --out FILE` and give it with --sampling-key FILE".into(),
-            }
-            .into())
-        }
-        None => {
-            let mut secret = [0u8; 32];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
-            let k = bizra_dataflows::verification::sampling::SampleKey::from_secret(&secret);
-            tracing::warn!(
-                id = %hex::encode(k.id()),
-                "ephemeral sampling key: the statistical sample and the replay buckets change at every start; set verification.sampling_key_path (bizra keygen --sampling)"
-            );
-            k
-        }
-    };
+    let sample_key = sampling_key(&a, &cfg)?;
     let source = match a.gen {
         Some(count) => {
             let cfg = GenConfig {
@@ -685,6 +663,33 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         eprint!("{}", summary.render());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The deployment's sampling secret: `--sampling-key`, else `verification.sampling_key_path`,
+/// else (one process only) a random one for this run, logged as such.
+fn sampling_key(a: &RunArgs, cfg: &Config) -> anyhow::Result<SampleKey> {
+    let path = a.sampling_key.clone().or_else(|| {
+        (!cfg.verification.sampling_key_path.is_empty())
+            .then(|| cfg.verification.sampling_key_path.clone().into())
+    });
+    match &path {
+        Some(p) => Ok(config::load_sampling_key(p)?),
+        None if a.processes > 1 => Err(ConfigError::Invalid {
+            path: "verification.sampling_key_path".into(),
+            message: "a cluster (-n > 1) needs a sampling key that every process shares: make one with `bizra keygen --sampling --out FILE` and give it with --sampling-key FILE".into(),
+        }
+        .into()),
+        None => {
+            let mut secret = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+            let k = SampleKey::from_secret(&secret);
+            tracing::warn!(
+                id = %hex::encode(k.id()),
+                "ephemeral sampling key: the statistical sample and the replay buckets change at every start; set verification.sampling_key_path (bizra keygen --sampling)"
+            );
+            Ok(k)
+        }
+    }
 }
 
 type Bar = (

@@ -464,10 +464,12 @@ fn check_sizes(
     signature: &Option<TypedSignature>,
     limits: &Limits,
 ) -> Result<(), DecodeError> {
-    let text = |name: &str, s: &str| {
+    // The field's name is made only for an error: a list element's name is a `format!`, and
+    // making it for every element cost 7 % of a run's instructions (docs/BENCHMARKS.md).
+    let text = |name: &dyn Fn() -> String, s: &str| {
         if s.len() > limits.max_text_bytes {
             return Err(invalid(
-                name,
+                &name(),
                 &format!(
                     "a string of at most {} bytes (limits.max_text_bytes), found {} bytes",
                     limits.max_text_bytes,
@@ -496,7 +498,7 @@ fn check_sizes(
             ));
         }
         for (i, s) in list.iter().enumerate() {
-            text(&format!("{name}[{i}]"), s)?;
+            text(&|| format!("{name}[{i}]"), s)?;
         }
     }
     let texts = [
@@ -512,7 +514,7 @@ fn check_sizes(
     ];
     for (name, s) in texts {
         if let Some(s) = s {
-            text(name, s)?;
+            text(&|| name.to_owned(), s)?;
         }
     }
     Ok(())

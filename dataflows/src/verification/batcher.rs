@@ -235,8 +235,16 @@ impl ShardVerifier {
                 },
             ));
         }
-        let [stat, incr, full] = by_tier;
+        let [stat, mut incr, full] = by_tier;
         self.statistical(stat, now_ms, out);
+        // The incremental tier checks every signature at once; its verdicts leave together at
+        // the end of this call, so checking them as batches costs no latency.
+        let pending: Vec<usize> = (0..incr.len())
+            .filter(|&i| incr[i].1.signature == SignatureCheck::SampledOut)
+            .collect();
+        for chunk in pending.chunks(self.cfg.batch_size.max(1)) {
+            self.verify_now(&mut incr, chunk);
+        }
         for (s, checks) in incr {
             self.incremental(s, checks, now_ms, out);
         }
@@ -521,14 +529,6 @@ impl ShardVerifier {
     }
 
     fn incremental(&mut self, s: Scored, checks: Checks, now_ms: u64, out: &mut Vec<BatchEvent<Checked>>) {
-        let mut one = [(s, checks)];
-        let pending: &[usize] = if checks.signature == SignatureCheck::SampledOut {
-            &[0]
-        } else {
-            &[]
-        };
-        self.verify_now(&mut one, pending);
-        let [(s, checks)] = one;
         let batch = self.place(Tier::Incremental, now_ms);
         out.push(BatchEvent::Item(Checked {
             scored: s,

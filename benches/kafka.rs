@@ -28,7 +28,8 @@
 //! 6. Latency: a fresh topic is fed at half of bizra's measured (median) rate for 20 s while
 //!    bizra runs, writing its verdicts to a topic of their own; the latency of every verdict
 //!    is its Kafka timestamp (set when produced; acks follow within `linger.ms`) minus its
-//!    input's timestamp, recorded in an HDR histogram.
+//!    input's timestamp, recorded in an HDR histogram. Then the rollbacks of that phase: each
+//!    one's Kafka timestamp minus its verdict's, in another histogram.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -195,6 +196,14 @@ fn bizra_bin(
 ) -> Child {
     let (input, verdicts) = topics;
     let cfg = std::env::temp_dir().join(format!("bizra-bench-{group}.toml"));
+    // A build with a replay-state topic gets a fresh one per run (made by the caller,
+    // `replay_topic`): no run restores another's, and memory storage cannot read from inside
+    // a record batch, which a restore does.
+    let replay = if knows_replay_topic(bin) {
+        format!("replay_topic = \"{}\"\n", replay_topic(group))
+    } else {
+        String::new()
+    };
     // Extra `[kafka]` keys for experiments, e.g. BIZRA_BENCH_KAFKA='max_inflight_ticks = 200'.
     let extra = std::env::var("BIZRA_BENCH_KAFKA")
         .unwrap_or_default()
@@ -205,7 +214,7 @@ fn bizra_bin(
         .collect();
     std::fs::write(
         &cfg,
-        format!("[kafka]\ninput_topic = \"{input}\"\nverdicts_topic = \"{verdicts}\"\n{extra}\n[kafka.producer_options]\n{producer_options}"),
+        format!("[kafka]\ninput_topic = \"{input}\"\nverdicts_topic = \"{verdicts}\"\n{replay}{extra}\n[kafka.producer_options]\n{producer_options}"),
     )
     .unwrap();
     Command::new(bin)
@@ -226,6 +235,17 @@ fn bizra_bin(
         .stdout(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// The replay-state topic of the run of `group`.
+fn replay_topic(group: &str) -> String {
+    format!("bizra.replay.{group}")
+}
+
+/// Whether `bin` keeps its replay state in a topic (builds since issue 14 do).
+fn knows_replay_topic(bin: &std::path::Path) -> bool {
+    let out = Command::new(bin).args(["run", "--help"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("--rollbacks")
 }
 
 fn stop(mut c: Child) {
@@ -324,11 +344,13 @@ fn main() {
             if let Some(bin) = compare.as_ref().filter(|_| first == (round % 2 == 0)) {
                 let group = format!("bench-compare-{round}");
                 let verdicts = fresh(format!("bizra.verdicts.{group}"));
+                let replay = fresh(replay_topic(&group));
                 let (rate, took) = timed(
                     bizra_bin(bin, &addr, &group, ("bench.in", &verdicts), &[]),
                     &group,
                 );
                 complete_and_delete(&verdicts);
+                broker.delete_topic(&replay);
                 compare_ratios.push(rate / base_rate);
                 println!(
                     "round {round}: compare {}: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
@@ -340,8 +362,10 @@ fn main() {
             if first {
                 let group = format!("bench-throughput-{round}");
                 let verdicts = fresh(format!("bizra.verdicts.{group}"));
+                let replay = fresh(replay_topic(&group));
                 let (rate, took) = timed(bizra(&addr, &group, "bench.in", &verdicts), &group);
                 complete_and_delete(&verdicts);
+                broker.delete_topic(&replay);
                 rates.push(rate);
                 ratios.push(rate / base_rate);
                 println!(
@@ -379,6 +403,7 @@ fn main() {
     let live_n = (live_rate * 20.0) as usize;
     // Its own verdict topic, read from offset 0: with memory storage a fetch from an offset
     // inside a record batch returns nothing.
+    broker.create_topic(&replay_topic("bench-latency"), 1);
     let run = bizra(&addr, "bench-latency", "bench.live", "bench.live.verdicts");
     std::thread::sleep(Duration::from_secs(2));
     let start = Instant::now();
@@ -418,6 +443,8 @@ fn main() {
     let mut by_half = [new_hist(), new_hist()];
     let mut seen = 0;
     let live_in = input_times(&addr, live_n);
+    // Each verdict's broker timestamp, for the delay of a rollback that names it.
+    let mut verdict_at = std::collections::HashMap::<(i32, i64), i64>::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while seen < live_n && Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_secs(1)) {
@@ -428,6 +455,7 @@ fn main() {
                 v["input"]["offset"].as_i64().unwrap(),
             );
             if let (Some(t_in), Some(t_out)) = (live_in.get(&key), m.timestamp().to_millis()) {
+                verdict_at.insert(key, t_out);
                 let ms = (t_out - t_in).max(1) as u64;
                 hist.record(ms).unwrap();
                 let tier = v["verification"]["tier"].as_str().unwrap_or("?").to_owned();
@@ -463,8 +491,57 @@ fn main() {
             h.value_at_quantile(0.99)
         );
     }
+    rollback_delays(&addr, &verdict_at);
     drop((p, live, c));
     drop(broker);
+}
+
+/// Reads the rollbacks of the live phase (the generator's corrupted signatures that the
+/// statistical sample missed) and prints how long after its verdict each one reached the
+/// broker: the window in which a consumer sees a provisional verdict standing.
+fn rollback_delays(addr: &str, verdict_at: &std::collections::HashMap<(i32, i64), i64>) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "bench-rollbacks")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("bizra.rollbacks", 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000, 3).unwrap();
+    let mut idle = 0;
+    while idle < 3 {
+        match c.poll(Duration::from_secs(1)) {
+            Some(Ok(m)) => {
+                idle = 0;
+                let r: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                if r["input"]["topic"] != "bench.live" {
+                    continue;
+                }
+                let key = (
+                    r["input"]["partition"].as_i64().unwrap() as i32,
+                    r["input"]["offset"].as_i64().unwrap(),
+                );
+                if let (Some(v), Some(t)) = (verdict_at.get(&key), m.timestamp().to_millis()) {
+                    hist.record((t - v).max(1) as u64).unwrap();
+                }
+            }
+            _ => idle += 1,
+        }
+    }
+    if hist.is_empty() {
+        println!("rollbacks: none in the live phase");
+        return;
+    }
+    println!(
+        "rollbacks after their verdicts ({}): p50 {} ms, p99 {} ms, max {} ms",
+        hist.len(),
+        hist.value_at_quantile(0.50),
+        hist.value_at_quantile(0.99),
+        hist.max()
+    );
 }
 
 /// The median (the upper one for an even count).

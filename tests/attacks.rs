@@ -382,3 +382,22 @@ fn a_replay_across_a_restart_is_flagged_and_the_same_input_again_is_judged_alike
         "the first input read again gets its first verdicts"
     );
 }
+
+/// The processes of a cluster must share the secret: with a key per process, an id read by
+/// two of them could go to two buckets and never meet the replay guard that knows it.
+#[test]
+fn a_cluster_without_a_shared_sampling_key_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = crate::common::two_process_hostfile(dir.path());
+    let out = bizra()
+        .args(["run", "-q", "--gen", "10", "-n", "2", "-p", "0", "--hostfile"])
+        .arg(&hostfile)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sampling_key_path") && err.contains("keygen --sampling"),
+        "{err}"
+    );
+}

@@ -148,7 +148,8 @@ pub fn campaign(dir: &Path) -> String {
         hostfile,
         hangs: Vec::new(),
     };
-    let lines = generated(inputs, 0.05, false);
+    // With repeated ids: the replay window survives the kills, so their verdicts must too.
+    let lines = generated(inputs, 0.05, true);
     let (done, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let producer = stream(broker.addr(), lines, done.clone(), sent.clone());
 

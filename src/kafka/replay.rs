@@ -29,6 +29,10 @@ pub fn load(cfg: &KafkaConfig, key: &SampleKey, per_bucket: usize) -> anyhow::Re
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        // Large fetches: the state is tens of MB, and each fetch is a round trip.
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("fetch.max.bytes", "67108864")
+        .set("receive.message.max.bytes", "100000000")
         .create()
         .context("creating the Kafka client that restores the replay state")?;
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
@@ -64,6 +68,7 @@ pub fn load(cfg: &KafkaConfig, key: &SampleKey, per_bucket: usize) -> anyhow::Re
         }
         step *= 2;
     };
+    let read_ms = started.elapsed().as_millis() as u64;
     let used = records.iter().filter(|(o, _)| *o >= start).count();
     let state = restore(
         records.into_iter().filter(|(o, _)| *o >= start).map(|(_, r)| r),
@@ -77,6 +82,7 @@ pub fn load(cfg: &KafkaConfig, key: &SampleKey, per_bucket: usize) -> anyhow::Re
         to = high,
         records = used,
         sightings,
+        read_ms,
         ms = started.elapsed().as_millis() as u64,
         "replay state restored"
     );

@@ -19,7 +19,7 @@
 //! In a file each record is framed as `len u32 | check [4] | record`, `check` the first four
 //! bytes of BLAKE3(record), so that a record torn by a crash is recognised and dropped.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -244,27 +244,44 @@ pub fn restore_start(tail: &[(u64, &ReplayRecord)]) -> Option<u64> {
 /// first and at most `per_bucket` of them.
 ///
 /// `records` are read in log order from a start [`restore_start`] gave (or the log's
-/// start). Per (key id, bucket): a snapshot resets it, a delta appends. Buckets of other keys
-/// are taken apart and their sightings placed in `key`'s buckets in log order; a sighting
-/// present twice (a bucket written whole under two keys) is kept once, at its first place.
+/// start). Per (key id, bucket): a snapshot resets it, a delta appends, and only the newest
+/// `per_bucket` are kept. Buckets of other keys are taken apart and their sightings placed
+/// in `key`'s buckets in log order; a sighting present twice (a bucket written whole under
+/// two keys) is kept once, at its first place.
 pub fn restore(
     records: impl IntoIterator<Item = ReplayRecord>,
     key: &SampleKey,
     per_bucket: usize,
 ) -> Vec<Vec<Sighting>> {
-    // (key id, bucket) → (log order, sighting), in order.
-    type Lists = BTreeMap<([u8; 8], u8), Vec<(u64, Sighting)>>;
+    // (key id, bucket) → its newest sightings with their log order, oldest first. A list
+    // never holds more than a window: a restore's memory is bounded by the window, not by
+    // how far back it reads.
+    type Lists = BTreeMap<([u8; 8], u8), VecDeque<(u64, Sighting)>>;
     let mut lists: Lists = BTreeMap::new();
     let mut order = 0u64;
     for r in records {
         if r.kind == Kind::Snapshot {
-            lists.insert((r.key_id, r.bucket), Vec::new());
+            lists.insert((r.key_id, r.bucket), VecDeque::new());
         }
         for (b, s) in r.sightings {
             let b = if r.kind == Kind::Delta { b } else { r.bucket };
-            lists.entry((r.key_id, b)).or_default().push((order, s));
+            let list = lists.entry((r.key_id, b)).or_default();
+            if list.len() == per_bucket {
+                list.pop_front();
+            }
+            if per_bucket > 0 {
+                list.push_back((order, s));
+            }
             order += 1;
         }
+    }
+    let mut out = vec![Vec::new(); BUCKETS];
+    if lists.keys().all(|(k, _)| *k == key.id()) {
+        // The usual case, the same key: each list is its bucket's window.
+        for ((_, b), list) in lists {
+            out[usize::from(b)] = list.into_iter().map(|(_, s)| s).collect();
+        }
+        return out;
     }
     let mut placed: Vec<(u8, u64, Sighting)> = Vec::new();
     for ((k, b), list) in lists {
@@ -272,7 +289,6 @@ pub fn restore(
         placed.extend(list.into_iter().map(|(o, s)| (bucket(&s), o, s)));
     }
     placed.sort_unstable_by_key(|&(b, o, _)| (b, o));
-    let mut out = vec![Vec::new(); BUCKETS];
     let mut seen = HashSet::new();
     for (b, _, s) in placed {
         if seen.insert((s.fp, s.provenance())) {

@@ -7,6 +7,9 @@
 //! - `BIZRA_BENCH_LINGER`: producer `linger.ms` for both, default bizra's (20);
 //! - `BIZRA_BENCH_WORKERS`: bizra's workers, default 2;
 //! - `BIZRA_BENCH_LATENCY=0`: skips the latency phase;
+//! - `BIZRA_BENCH_LATENCY_BIN=PATH`: runs the latency phase with another bizra binary;
+//! - `BIZRA_BENCH_LIVE_RATE=R`: feeds the latency phase at R obs/s instead of half the
+//!   measured rate (to compare builds at one rate);
 //! - `BIZRA_BENCH_KAFKA`: extra `[kafka]` keys for bizra, `;`-separated;
 //! - `BIZRA_BENCH_COMPARE=PATH`: also times another bizra binary (e.g. the previous commit's)
 //!   in every round, first in even rounds and second in odd ones;
@@ -399,12 +402,24 @@ fn main() {
     }
 
     // Latency at half the measured rate, for 20 s.
-    let live_rate = rate / 2.0;
+    let live_rate = std::env::var("BIZRA_BENCH_LIVE_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(rate / 2.0);
     let live_n = (live_rate * 20.0) as usize;
     // Its own verdict topic, read from offset 0: with memory storage a fetch from an offset
     // inside a record batch returns nothing.
     broker.create_topic(&replay_topic("bench-latency"), 1);
-    let run = bizra(&addr, "bench-latency", "bench.live", "bench.live.verdicts");
+    let run = match std::env::var_os("BIZRA_BENCH_LATENCY_BIN") {
+        Some(bin) => bizra_bin(
+            bin.as_ref(),
+            &addr,
+            "bench-latency",
+            ("bench.live", "bench.live.verdicts"),
+            &[],
+        ),
+        None => bizra(&addr, "bench-latency", "bench.live", "bench.live.verdicts"),
+    };
     std::thread::sleep(Duration::from_secs(2));
     let start = Instant::now();
     for (i, l) in lines.iter().cycle().take(live_n).enumerate() {

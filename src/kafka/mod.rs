@@ -172,7 +172,6 @@ use bizra_dataflows::operators::commit::Output;
 use bizra_dataflows::operators::Structure;
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
 use rdkafka::consumer::CommitMode;
-use rdkafka::producer::Producer;
 use timely::dataflow::operators::Input;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandle, ProbeHandle};
@@ -333,7 +332,7 @@ fn worker_loop(
         metrics.clone(),
         move || thread.unpark(),
     )?;
-    let (producer, acks, producer_events) = sink::producer(kafka, producer_queue)?;
+    let producers = sink::Producers::new(kafka, producer_queue)?;
     let topics = [
         kafka.verdicts_topic.clone(),
         kafka.commitments_topic.clone(),
@@ -368,7 +367,7 @@ fn worker_loop(
     let mut last_advance = Instant::now();
     loop {
         let now_ms = clock.elapsed().as_millis() as u64;
-        if let Some(e) = producer_events.fatal().or_else(|| src.events.fatal()) {
+        if let Some(e) = producers.fatal().or_else(|| src.events.fatal()) {
             halt(format_args!("kafka: {e}"));
         }
         // Partitions added to the input topic: take on this worker's share.
@@ -431,10 +430,11 @@ fn worker_loop(
                 ));
             }
         }
-        if producer_events.all_down.swap(false, Ordering::Relaxed) {
+        let (all_down, transport_failed) = producers.take_down();
+        if all_down {
             breaker.trip(now_ms);
         }
-        if producer_events.transport_failed.swap(false, Ordering::Relaxed) {
+        if transport_failed {
             breaker.record_failure(now_ms);
         }
         let drained = input.is_none() && probe.done();
@@ -450,9 +450,9 @@ fn worker_loop(
             for w in tel.borrow_mut().tick(drained) {
                 ob.push_stats(&w);
             }
-            ob.flush(&producer, &topics, breaker, now_ms, &mut counts);
-            producer.poll(Duration::ZERO);
-            let failed = ob.apply(&acks, breaker, &mut counts).1;
+            ob.flush(&producers, &topics, breaker, now_ms, &mut counts);
+            producers.poll();
+            let failed = ob.apply(&producers.acks, breaker, &mut counts).1;
             if let Some(m) = &metrics {
                 m.delivery_failures.inc_by(failed as u64);
                 m.circuit_state.set(breaker.state().code());
@@ -467,7 +467,7 @@ fn worker_loop(
                     let time = input.as_ref().map_or(frontier, |h| *h.time());
                     m.inflight_epochs.set(time.saturating_sub(frontier) as i64);
                     m.producer_queue
-                        .set((ob.queued() as i64) + i64::from(producer.in_flight_count()));
+                        .set((ob.queued() as i64) + i64::from(producers.in_flight()));
                 }
             }
             if let Some(e) = &ob.fatal {
@@ -504,7 +504,7 @@ fn worker_loop(
             }
         }
     }
-    if let Err(e) = sink::Outbox::drain(&producer, Duration::from_millis(kafka.shutdown_timeout_ms)) {
+    if let Err(e) = producers.drain(Duration::from_millis(kafka.shutdown_timeout_ms)) {
         halt(format_args!("{e:#}; uncommitted input will be read again"));
     }
     final_commit(&src, &mut tracker, kafka, metrics.as_deref());

@@ -192,16 +192,85 @@ pub fn check_message_limit(cfg: &KafkaConfig, max_output_bytes: usize) -> Result
     Ok(())
 }
 
-/// Creates the idempotent producer, the receiver of its delivery reports and what its client
-/// callbacks report. `queue_bytes` bounds librdkafka's queue in bytes (an explicit
-/// `queue.buffering.max.kbytes` option wins).
-pub fn producer(
+/// The replay producer's settings over [`PRODUCER_SETTINGS`]: a tick's records wait for its
+/// replay records' acknowledgement, so these must not linger. They are a few KB per tick per
+/// worker, one request at a time, so the idempotent producer's busy-polling (the reason for
+/// the main producer's 20 ms) has little to spin on.
+pub const REPLAY_PRODUCER_SETTINGS: &[(&str, &str)] = &[("linger.ms", "0")];
+
+/// bizra's two producers of one worker: the main one, and one for the replay state, whose
+/// acknowledgements hold the main one's records back (see [`Outbox`]). Their delivery reports
+/// share one channel; a record's slot says which it was.
+pub struct Producers {
+    pub main: BaseProducer<DeliveryContext>,
+    pub replay: BaseProducer<DeliveryContext>,
+    pub acks: Receiver<Ack>,
+    pub events: [Arc<ClientEvents>; 2],
+}
+
+impl Producers {
+    /// Both producers; the main one's queue is bounded by `queue_bytes`, the replay one's by
+    /// a tenth of it (at least 8 MB, more than a start's snapshots need in flight at once).
+    pub fn new(cfg: &KafkaConfig, queue_bytes: usize) -> anyhow::Result<Producers> {
+        let (tx, acks) = channel();
+        let (main, main_events) = producer_to(cfg, queue_bytes, tx.clone(), &[])?;
+        let (replay, replay_events) =
+            producer_to(cfg, (queue_bytes / 10).max(8 << 20), tx, REPLAY_PRODUCER_SETTINGS)?;
+        Ok(Producers {
+            main,
+            replay,
+            acks,
+            events: [main_events, replay_events],
+        })
+    }
+
+    /// Serves both producers' callbacks (delivery reports, errors).
+    pub fn poll(&self) {
+        self.main.poll(Duration::ZERO);
+        self.replay.poll(Duration::ZERO);
+    }
+
+    /// An error no record can cure, reported by either producer.
+    pub fn fatal(&self) -> Option<String> {
+        self.events.iter().find_map(|e| e.fatal())
+    }
+
+    /// Whether either producer saw every broker down (`all`) or a transport failure since the
+    /// last look; clears what it reports.
+    pub fn take_down(&self) -> (bool, bool) {
+        let take = |f: fn(&ClientEvents) -> &AtomicBool| {
+            self.events
+                .iter()
+                .fold(false, |a, e| f(e).swap(false, Ordering::Relaxed) | a)
+        };
+        (take(|e| &e.all_down), take(|e| &e.transport_failed))
+    }
+
+    /// Records handed to either producer and not yet acknowledged.
+    pub fn in_flight(&self) -> i32 {
+        self.main.in_flight_count() + self.replay.in_flight_count()
+    }
+
+    /// Waits (at shutdown only) for both producers to deliver everything handed to them.
+    pub fn drain(&self, timeout: Duration) -> anyhow::Result<()> {
+        for p in [&self.main, &self.replay] {
+            p.flush(timeout).context("flushing the producer at shutdown")?;
+        }
+        Ok(())
+    }
+}
+
+/// An idempotent producer with bizra's settings and `extra` over them, reporting deliveries
+/// to `tx`, and what its client callbacks report. `queue_bytes` bounds librdkafka's queue in
+/// bytes (an explicit `queue.buffering.max.kbytes` option wins).
+fn producer_to(
     cfg: &KafkaConfig,
     queue_bytes: usize,
-) -> anyhow::Result<(BaseProducer<DeliveryContext>, Receiver<Ack>, Arc<ClientEvents>)> {
-    let (tx, rx) = channel();
+    tx: Sender<Ack>,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(BaseProducer<DeliveryContext>, Arc<ClientEvents>)> {
     let mut c = cfg.client_config();
-    for (k, v) in PRODUCER_SETTINGS {
+    for (k, v) in PRODUCER_SETTINGS.iter().chain(extra) {
         c.set(*k, *v);
     }
     c.set(
@@ -220,7 +289,7 @@ pub fn producer(
         .with_options(c, true)
         .create_with_context(context)
         .context("creating the Kafka producer")?;
-    Ok((p, rx, events))
+    Ok((p, events))
 }
 
 /// A record waiting to be handed to the producer; serialized only when it is handed over,
@@ -373,7 +442,7 @@ impl Outbox {
     /// records are suspected, only they go, one at a time.
     pub fn flush(
         &mut self,
-        producer: &BaseProducer<DeliveryContext>,
+        producers: &Producers,
         topics: &[String; TOPICS],
         breaker: &Breaker,
         now_ms: u64,
@@ -407,7 +476,7 @@ impl Outbox {
                 self.source(source).push_front(p);
                 return;
             }
-            if let Some(p) = self.send(producer, topics, p, isolating, counts) {
+            if let Some(p) = self.send(producers, topics, p, isolating, counts) {
                 // QueueFull: back to where it was, and try again next time.
                 self.source(source).push_front(p);
                 return;
@@ -424,7 +493,7 @@ impl Outbox {
             let rec = BaseRecord::with_opaque_to(&topics[STATS], STATS_SLOT)
                 .payload(&self.scratch)
                 .key(&key);
-            match producer.send(rec) {
+            match producers.main.send(rec) {
                 Ok(()) => {
                     self.stats.pop_front();
                     self.stats_unacked += 1;
@@ -458,7 +527,7 @@ impl Outbox {
     /// gives it back (`Some`) on `QueueFull`.
     fn send(
         &mut self,
-        producer: &BaseProducer<DeliveryContext>,
+        producers: &Producers,
         topics: &[String; TOPICS],
         mut p: Pending,
         alone: bool,
@@ -497,10 +566,13 @@ impl Outbox {
         if let Some(k) = &key {
             rec = rec.key(k.as_ref());
         }
-        if topic == REPLAY {
+        let producer = if topic == REPLAY {
             // One partition keeps each shard's records in order (a restore replays them).
             rec = rec.partition(0);
-        }
+            &producers.replay
+        } else {
+            &producers.main
+        };
         if let Output::DeadLetter(d) = &p.out {
             rec = rec.headers(dead_letter_headers(d));
         }
@@ -652,13 +724,6 @@ impl Outbox {
             breaker.trip(now_ms);
             self.waiting_since_ms = Some(now_ms);
         }
-    }
-
-    /// Waits (at shutdown only) for the producer to deliver everything handed to it.
-    pub fn drain(producer: &BaseProducer<DeliveryContext>, timeout: Duration) -> anyhow::Result<()> {
-        producer
-            .flush(timeout)
-            .context("flushing the producer at shutdown")
     }
 }
 

@@ -10,6 +10,9 @@
 //! - `BIZRA_BENCH_LATENCY_BIN=PATH`: runs the latency phase with another bizra binary;
 //! - `BIZRA_BENCH_LIVE_RATE=R`: feeds the latency phase at R obs/s instead of half the
 //!   measured rate (to compare builds at one rate);
+//! - `BIZRA_BENCH_LIVE_SIGNED=1`: the latency phase reads the realistic mix (half signed,
+//!   one signed real_time record in 50 forged) instead of the unsigned input, and reports
+//!   how long after its verdict each rollback arrives;
 //! - `BIZRA_BENCH_KAFKA`: extra `[kafka]` keys for bizra, `;`-separated;
 //! - `BIZRA_BENCH_COMPARE=PATH`: also times another bizra binary (e.g. the previous commit's)
 //!   in every round, first in even rounds and second in odd ones;
@@ -177,9 +180,10 @@ fn workers() -> String {
 }
 
 /// This build's bizra, with the extra arguments of `BIZRA_BENCH_ARGS` (split at spaces).
-fn bizra(addr: &str, group: &str, input: &str, verdicts: &str) -> Child {
+fn bizra(addr: &str, group: &str, input: &str, verdicts: &str, more: &[&str]) -> Child {
     let extra = std::env::var("BIZRA_BENCH_ARGS").unwrap_or_default();
-    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let mut extra: Vec<&str> = extra.split_whitespace().collect();
+    extra.extend(more);
     bizra_bin(
         env!("CARGO_BIN_EXE_bizra").as_ref(),
         addr,
@@ -366,7 +370,7 @@ fn main() {
                 let group = format!("bench-throughput-{round}");
                 let verdicts = fresh(format!("bizra.verdicts.{group}"));
                 let replay = fresh(replay_topic(&group));
-                let (rate, took) = timed(bizra(&addr, &group, "bench.in", &verdicts), &group);
+                let (rate, took) = timed(bizra(&addr, &group, "bench.in", &verdicts, &[]), &group);
                 complete_and_delete(&verdicts);
                 broker.delete_topic(&replay);
                 rates.push(rate);
@@ -410,19 +414,46 @@ fn main() {
     // Its own verdict topic, read from offset 0: with memory storage a fetch from an offset
     // inside a record batch returns nothing.
     broker.create_topic(&replay_topic("bench-latency"), 1);
+    // With BIZRA_BENCH_LIVE_SIGNED=1 the live input is the generator's realistic mix (half
+    // of it signed, under a key bizra is given), with forgeries, so that rollbacks happen.
+    let signed = std::env::var("BIZRA_BENCH_LIVE_SIGNED").as_deref() == Ok("1");
+    let keyring = std::env::temp_dir().join(format!("bizra-bench-keyring-{}.toml", std::process::id()));
+    let live_lines: Vec<Vec<u8>> = if signed {
+        let out = Command::new(env!("CARGO_BIN_EXE_bizra"))
+            .args(["gen", "--count", "100000", "--seed", "9", "--keyring-out"])
+            .arg(&keyring)
+            .output()
+            .unwrap()
+            .stdout;
+        out.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    } else {
+        lines.iter().map(|l| l.to_vec()).collect()
+    };
+    let keyring_args = ["--keyring", keyring.to_str().unwrap()];
+    let extra: &[&str] = if signed { &keyring_args } else { &[] };
     let run = match std::env::var_os("BIZRA_BENCH_LATENCY_BIN") {
         Some(bin) => bizra_bin(
             bin.as_ref(),
             &addr,
             "bench-latency",
             ("bench.live", "bench.live.verdicts"),
-            &[],
+            extra,
         ),
-        None => bizra(&addr, "bench-latency", "bench.live", "bench.live.verdicts"),
+        None => bizra(&addr, "bench-latency", "bench.live", "bench.live.verdicts", extra),
     };
     std::thread::sleep(Duration::from_secs(2));
+    // Some forgeries for the rollbacks: every 50th signed real_time record gets a signature
+    // that fails (its R half changed, its s half left valid, so only Ed25519 finds it).
+    let live: Vec<Vec<u8>> = live_lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| if i % 50 == 0 { forge(l) } else { l.clone() })
+        .collect();
     let start = Instant::now();
-    for (i, l) in lines.iter().cycle().take(live_n).enumerate() {
+    for (i, l) in live.iter().cycle().take(live_n).enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / live_rate);
         while Instant::now() < due {
             p.poll(Duration::ZERO);
@@ -511,8 +542,24 @@ fn main() {
     drop(broker);
 }
 
-/// Reads the rollbacks of the live phase (the generator's corrupted signatures that the
-/// statistical sample missed) and prints how long after its verdict each one reached the
+/// `line` with its signature's first character changed, if it is a signed real_time record.
+fn forge(line: &[u8]) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(line) else {
+        return line.to_vec();
+    };
+    let sig = v["signature"]["sig"].as_str().map(str::to_owned);
+    match (v["urgency"].as_str(), sig) {
+        (Some("real_time"), Some(sig)) => {
+            let first = if sig.starts_with('A') { "B" } else { "A" };
+            v["signature"]["sig"] = serde_json::Value::String(format!("{first}{}", &sig[1..]));
+            serde_json::to_vec(&v).unwrap()
+        }
+        _ => line.to_vec(),
+    }
+}
+
+/// Reads the rollbacks of the live phase (the forged signatures that the statistical
+/// sample missed) and prints how long after its verdict each one reached the
 /// broker: the window in which a consumer sees a provisional verdict standing.
 fn rollback_delays(addr: &str, verdict_at: &std::collections::HashMap<(i32, i64), i64>) {
     let c: BaseConsumer = ClientConfig::new()

@@ -3,8 +3,9 @@
 //!
 //! Each timely worker owns one consumer, manually assigned the input partitions `p` with
 //! `p mod workers = worker` (over all workers of all processes; partitions added to the topic
-//! later are found by a watcher thread and taken on the same way), and one idempotent
-//! producer. Epochs are logical: a worker's input advances one epoch every `kafka.tick_ms`,
+//! later are found by a watcher thread and taken on the same way), and two idempotent
+//! producers (outputs, and the replay guard's state; `sink.rs`). Before any worker runs, the
+//! replay guard's state is read back from its topic (`replay.rs`). Epochs are logical: a worker's input advances one epoch every `kafka.tick_ms`,
 //! but never more than `max_inflight_ticks` past the frontier of the whole cluster, so the
 //! processes keep step however their clocks disagree. The sink holds a capability for every
 //! epoch whose records are not yet acknowledged by the broker, so the frontier after the sink

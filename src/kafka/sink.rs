@@ -1,7 +1,9 @@
-//! The Kafka sinks of one worker: verdicts (key = observation id), commitments and dead
-//! letters (with provenance headers) through one idempotent producer. The sink operator holds
-//! the capability of every tick with unacknowledged records, so the frontier after it means
-//! "delivered".
+//! The Kafka sinks of one worker: verdicts and rollbacks (key = observation id), commitments
+//! and dead letters (with provenance headers) through one idempotent producer, and the
+//! replay guard's state through a second one that does not linger: a tick's records go to
+//! the first only once the tick's replay records are acknowledged, so that no verdict is
+//! durable before the replay answer it carries. The sink operator holds the capability of
+//! every tick with unacknowledged records, so the frontier after it means "delivered".
 //!
 //! Every producer error is classified here, once (see `fatal.rs` for the whole list):
 //! - **transient**: `QueueFull`, a slow or absent broker (the producer never gives up on a

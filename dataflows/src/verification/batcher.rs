@@ -452,6 +452,44 @@ impl ShardVerifier {
         passed
     }
 
+    /// Which of a chunk's `pending` items (signed, still to be Ed25519-checked) the open
+    /// statistical batch checks at once: its quota's share by keyed rank, or all of them
+    /// once the batch has escalated.
+    fn sample(&mut self, chunk: &[(Scored, Checks)], pending: &[usize], now_ms: u64) -> Vec<usize> {
+        let b = self.batch(Tier::Statistical, now_ms);
+        let (signed, checked, escalated) = (b.signed, b.checked, b.escalated);
+        if escalated {
+            return pending.to_vec();
+        }
+        let quota = chunk_quota(self.target, signed, checked, pending.len());
+        let ranks: Vec<u64> = pending
+            .iter()
+            .map(|&i| self.key.rank(&chunk[i].0.decoded.obs.id))
+            .collect();
+        least_ranked(&ranks, quota)
+            .into_iter()
+            .map(|j| pending[j])
+            .collect()
+    }
+
+    /// What the later check of an item emitted `sampled_out` at `batch` needs.
+    fn deferred(&self, s: &Scored, batch: BatchRef, now_ms: u64) -> Deferred {
+        let obs = &s.decoded.obs;
+        let sig = obs.signature.as_ref().expect("a sampled_out item is signed");
+        Deferred {
+            id: obs.id.clone(),
+            input: s.decoded.origin.input.clone(),
+            payload_sha256: obs.payload_sha256,
+            key: *self
+                .keyring
+                .get(&sig.key_id)
+                .expect("the cheap check found the key"),
+            sig: sig.sig,
+            batch,
+            emitted_ms: now_ms,
+        }
+    }
+
     fn statistical(&mut self, items: Vec<(Scored, Checks)>, now_ms: u64, out: &mut Vec<BatchEvent<Checked>>) {
         let mut rest = items.into_iter().peekable();
         while rest.peek().is_some() {
@@ -460,23 +498,7 @@ impl ShardVerifier {
             let pending: Vec<usize> = (0..chunk.len())
                 .filter(|&i| chunk[i].1.signature == SignatureCheck::SampledOut)
                 .collect();
-            let b = self.batch(Tier::Statistical, now_ms);
-            let (signed, checked, escalated) = (b.signed, b.checked, b.escalated);
-            // The sample: the chunk's share of the batch's quota, by keyed rank; everything
-            // once the batch has escalated.
-            let now: Vec<usize> = if escalated {
-                pending.clone()
-            } else {
-                let quota = chunk_quota(self.target, signed, checked, pending.len());
-                let ranks: Vec<u64> = pending
-                    .iter()
-                    .map(|&i| self.key.rank(&chunk[i].0.decoded.obs.id))
-                    .collect();
-                least_ranked(&ranks, quota)
-                    .into_iter()
-                    .map(|j| pending[j])
-                    .collect()
-            };
+            let now = self.sample(&chunk, &pending, now_ms);
             let mut total = now.len() as u64;
             let mut passed = self.verify_now(&mut chunk, &now);
             // A failure escalates: the rest of the chunk now, and the rest of the batch.
@@ -501,20 +523,7 @@ impl ShardVerifier {
                 let batch = self.place(Tier::Statistical, now_ms);
                 let unverified = checks.signature == SignatureCheck::SampledOut;
                 if unverified {
-                    let obs = &s.decoded.obs;
-                    let sig = obs.signature.as_ref().expect("a sampled_out item is signed");
-                    let deferred = Deferred {
-                        id: obs.id.clone(),
-                        input: s.decoded.origin.input.clone(),
-                        payload_sha256: obs.payload_sha256,
-                        key: *self
-                            .keyring
-                            .get(&sig.key_id)
-                            .expect("the cheap check found the key"),
-                        sig: sig.sig,
-                        batch,
-                        emitted_ms: now_ms,
-                    };
+                    let deferred = self.deferred(&s, batch, now_ms);
                     self.batch(Tier::Statistical, now_ms).deferred.push(deferred);
                 }
                 let v = verification(Tier::Statistical, checks, if unverified { wilson } else { 1.0 });

@@ -14,6 +14,8 @@
 //!   one signed real_time record in 50 forged) instead of the unsigned input, and reports
 //!   how long after its verdict each rollback arrives;
 //! - `BIZRA_BENCH_KAFKA`: extra `[kafka]` keys for bizra, `;`-separated;
+//! - `BIZRA_BENCH_CONFIG`: more configuration (whole sections, `;`-separated lines) for this
+//!   build only, not the compared one;
 //! - `BIZRA_BENCH_COMPARE=PATH`: also times another bizra binary (e.g. the previous commit's)
 //!   in every round, first in even rounds and second in odd ones;
 //! - `BIZRA_BENCH_ARGS`: extra arguments for this build's bizra only; with
@@ -219,9 +221,15 @@ fn bizra_bin(
         .iter()
         .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
         .collect();
+    // More configuration for this build only, e.g. BIZRA_BENCH_CONFIG='[pipeline];max_inflight_bytes = 268435456'.
+    let own = if bin == std::path::Path::new(env!("CARGO_BIN_EXE_bizra")) {
+        std::env::var("BIZRA_BENCH_CONFIG").unwrap_or_default().replace(';', "\n")
+    } else {
+        String::new()
+    };
     std::fs::write(
         &cfg,
-        format!("[kafka]\ninput_topic = \"{input}\"\nverdicts_topic = \"{verdicts}\"\n{replay}{extra}\n[kafka.producer_options]\n{producer_options}"),
+        format!("[kafka]\ninput_topic = \"{input}\"\nverdicts_topic = \"{verdicts}\"\n{replay}{extra}\n[kafka.producer_options]\n{producer_options}\n{own}\n"),
     )
     .unwrap();
     Command::new(bin)
@@ -253,6 +261,17 @@ fn replay_topic(group: &str) -> String {
 fn knows_replay_topic(bin: &std::path::Path) -> bool {
     let out = Command::new(bin).args(["run", "--help"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).contains("--rollbacks")
+}
+
+/// User and system CPU seconds of process `pid` so far (`/proc/PID/stat`, 100 ticks/s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name (0 = state).
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    (tick(11) + tick(12)) as f64 / 100.0
 }
 
 fn stop(mut c: Child) {
@@ -318,6 +337,7 @@ fn main() {
         let started = Instant::now();
         wait_committed(&addr, group, &mut run, n, Duration::from_secs(600));
         let took = started.elapsed();
+        println!("  {group}: {:.2} CPU-s", cpu_seconds(run.id()));
         stop(run);
         (n as f64 / took.as_secs_f64(), took)
     };

@@ -223,7 +223,9 @@ fn bizra_bin(
         .collect();
     // More configuration for this build only, e.g. BIZRA_BENCH_CONFIG='[pipeline];max_inflight_bytes = 268435456'.
     let own = if bin == std::path::Path::new(env!("CARGO_BIN_EXE_bizra")) {
-        std::env::var("BIZRA_BENCH_CONFIG").unwrap_or_default().replace(';', "\n")
+        std::env::var("BIZRA_BENCH_CONFIG")
+            .unwrap_or_default()
+            .replace(';', "\n")
     } else {
         String::new()
     };

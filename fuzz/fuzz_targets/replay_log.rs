@@ -19,7 +19,8 @@ fuzz_target!(|bytes: &[u8]| {
     assert!(used <= bytes.len());
     let (prefix, used_again) = unframe(&bytes[..used]);
     assert_eq!((prefix.len(), used_again), (records.len(), used));
-    let positions: Vec<(u64, &ReplayRecord)> = records.iter().enumerate().map(|(i, r)| (i as u64, r)).collect();
+    let positions: Vec<(u64, &ReplayRecord)> =
+        records.iter().enumerate().map(|(i, r)| (i as u64, r)).collect();
     let start = restore_start(&positions).unwrap_or(0) as usize;
     assert!(start <= records.len());
     let key = SampleKey::from_secret(&[7; 32]);

@@ -1,6 +1,7 @@
 //! Verification (SPEC §2.2, §3): the tier rules and the per-shard batcher. The cryptographic
 //! pieces live in the submodules; this file owns only how they are combined.
 
+pub mod checkpoint;
 pub mod commitment;
 pub mod leaf;
 pub mod merkle;
@@ -8,6 +9,7 @@ pub mod replay;
 pub mod replay_log;
 pub mod sampling;
 pub mod signature;
+pub mod tlog;
 
 use serde::{Deserialize, Serialize};
 

@@ -25,7 +25,6 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
         keyring,
         ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
         bizra_dataflows::testing::test_key(),
-        [0; 8],
     );
     let outputs = Outputs {
         verdicts: OutputSpec::Null,
@@ -34,6 +33,8 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
         stats: OutputSpec::Null,
         rollbacks: OutputSpec::Null,
         replay: None,
+        checkpoints: OutputSpec::Null,
+        data_dir: None,
     };
     let cluster = Cluster {
         workers,
@@ -56,6 +57,8 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
             progress: Arc::new(AtomicU64::new(0)),
             telemetry: bizra::telemetry::Telemetry::new(None, cfg.stats.clone()),
             archive: None,
+            log: cfg.log.clone(),
+            checkpoints: Default::default(),
         },
     )
     .expect("run succeeds");

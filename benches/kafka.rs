@@ -208,11 +208,16 @@ fn bizra_bin(
     // A build with a replay-state topic gets a fresh one per run (made by the caller,
     // `replay_topic`): no run restores another's, and memory storage cannot read from inside
     // a record batch, which a restore does.
-    let replay = if knows_replay_topic(bin) {
+    let mut replay = if knows_replay_topic(bin) {
         format!("replay_topic = \"{}\"\n", replay_topic(group))
     } else {
         String::new()
     };
+    // A build with a decision log gets a fresh commitments topic per run too: a chain
+    // continues in its topic, and each run's node key is its own.
+    if knows_decision_log(bin) {
+        replay += &format!("commitments_topic = \"{}\"\n", commitments_topic(group));
+    }
     // Extra `[kafka]` keys for experiments, e.g. BIZRA_BENCH_KAFKA='max_inflight_ticks = 200'.
     let extra = std::env::var("BIZRA_BENCH_KAFKA")
         .unwrap_or_default()
@@ -259,6 +264,17 @@ fn replay_topic(group: &str) -> String {
     format!("bizra.replay.{group}")
 }
 
+/// The commitments topic of the run of `group`.
+fn commitments_topic(group: &str) -> String {
+    format!("bizra.commitments.{group}")
+}
+
+/// Whether `bin` continues commitment chains from their topic (builds since issue 15 do).
+fn knows_decision_log(bin: &std::path::Path) -> bool {
+    let out = Command::new(bin).args(["run", "--help"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("--checkpoints")
+}
+
 /// Whether `bin` keeps its replay state in a topic (builds since issue 14 do).
 fn knows_replay_topic(bin: &std::path::Path) -> bool {
     let out = Command::new(bin).args(["run", "--help"]).output().unwrap();
@@ -297,6 +313,7 @@ fn main() {
         "bizra.stats",
         "bizra.rollbacks",
         "bizra.replay",
+        "bizra.checkpoints",
     ] {
         broker.create_topic(t, 1);
     }
@@ -374,12 +391,14 @@ fn main() {
                 let group = format!("bench-compare-{round}");
                 let verdicts = fresh(format!("bizra.verdicts.{group}"));
                 let replay = fresh(replay_topic(&group));
+                let chains = fresh(commitments_topic(&group));
                 let (rate, took) = timed(
                     bizra_bin(bin, &addr, &group, ("bench.in", &verdicts), &[]),
                     &group,
                 );
                 complete_and_delete(&verdicts);
                 broker.delete_topic(&replay);
+                broker.delete_topic(&chains);
                 compare_ratios.push(rate / base_rate);
                 println!(
                     "round {round}: compare {}: {n} in {:.2} s = {rate:.0} obs/s; ratio to passthrough {:.2}",
@@ -392,9 +411,11 @@ fn main() {
                 let group = format!("bench-throughput-{round}");
                 let verdicts = fresh(format!("bizra.verdicts.{group}"));
                 let replay = fresh(replay_topic(&group));
+                let chains = fresh(commitments_topic(&group));
                 let (rate, took) = timed(bizra(&addr, &group, "bench.in", &verdicts, &[]), &group);
                 complete_and_delete(&verdicts);
                 broker.delete_topic(&replay);
+                broker.delete_topic(&chains);
                 rates.push(rate);
                 ratios.push(rate / base_rate);
                 println!(
@@ -436,6 +457,7 @@ fn main() {
     // Its own verdict topic, read from offset 0: with memory storage a fetch from an offset
     // inside a record batch returns nothing.
     broker.create_topic(&replay_topic("bench-latency"), 1);
+    broker.create_topic(&commitments_topic("bench-latency"), 1);
     // With BIZRA_BENCH_LIVE_SIGNED=1 the live input is the generator's realistic mix (half
     // of it signed, under a key bizra is given), with forgeries, so that rollbacks happen.
     let signed = std::env::var("BIZRA_BENCH_LIVE_SIGNED").as_deref() == Ok("1");

@@ -37,6 +37,20 @@ pub struct Config {
     pub archive: crate::archive::ArchiveConfig,
     #[serde(default)]
     pub consolidate: crate::consolidate::ConsolidateConfig,
+    pub log: LogConfig,
+}
+
+/// The `[log]` section: the decision log (SPEC §3.4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// The deployment's name: its run id (`deployment_run`) and its checkpoints' origins.
+    /// Stable across starts, so that each shard's commitments form one chain; two
+    /// deployments that share topics need different names.
+    pub deployment: String,
+    /// How often each shard publishes a signed checkpoint of its log (if it grew), besides
+    /// the one at a graceful stop.
+    pub checkpoint_interval_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,7 +78,6 @@ impl Config {
         keyring: Keyring,
         signing_key: SigningKey,
         sample_key: SampleKey,
-        run: [u8; 8],
     ) -> bizra_dataflows::pipeline::PipelineConfig {
         bizra_dataflows::pipeline::PipelineConfig {
             limits: self.limits.decode(),
@@ -76,7 +89,8 @@ impl Config {
             policy: std::sync::Arc::new(policy),
             keyring: std::sync::Arc::new(keyring),
             signing_key: std::sync::Arc::new(signing_key),
-            run,
+            run: bizra_dataflows::verification::commitment::deployment_run(&self.log.deployment),
+            chains: Default::default(),
             explain: self.output.explain.style(),
         }
     }
@@ -260,12 +274,35 @@ impl Config {
             );
         }
         self.check_sizes()?;
+        self.log.validate()?;
         self.stats.validate().map_err(|m| format!("stats: {m}"))?;
         self.archive.validate().map_err(|m| format!("archive.{m}"))?;
         self.consolidate.validate().map_err(|e| e.to_string())?;
         if let Some(k) = self.kafka.protected_option() {
             return Err(format!(
                 "kafka options \"{k}\": bizra sets this librdkafka option itself for its delivery guarantee; use the [kafka] keys instead"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LogConfig {
+    fn validate(&self) -> Result<(), String> {
+        let d = &self.deployment;
+        let ok = !d.is_empty()
+            && d.len() <= 64
+            && d.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return Err(format!(
+                "log.deployment: expected 1 to 64 characters of A-Z a-z 0-9 . _ - (it names the checkpoints' origin and signing key), found {d:?}"
+            ));
+        }
+        if self.checkpoint_interval_ms < 100 {
+            return Err(format!(
+                "log.checkpoint_interval_ms: expected at least 100, found {}",
+                self.checkpoint_interval_ms
             ));
         }
         Ok(())

@@ -14,7 +14,8 @@
 //!   exported. A full producer queue, a slow or absent broker, the circuit breaker open
 //!   (`kafka/sink.rs`, `kafka/breaker.rs`); a failed offset commit (`kafka/offsets.rs`,
 //!   retried with back-off); a full archive queue or writer channel (backpressure); a
-//!   metadata refresh that fails (`kafka/source.rs`, tried again at the next interval).
+//!   metadata refresh that fails (`kafka/source.rs`, tried again at the next interval); a
+//!   checkpoint the broker refuses for a reason that is not fatal (the next one covers it).
 //! - **Fatal** (nothing will cure it): [`halt`]. An I/O error writing an output file or the
 //!   archive (disk full, permissions), or reading the input; an archive writer that died; a
 //!   broker error that is not about one record (authorisation, a deleted topic, the
@@ -23,7 +24,10 @@
 //!   rollback or replay-state record the sink refuses (a rollback stands for a verdict that
 //!   is out already; the replay state is what the next start needs); a replay state that
 //!   cannot be read back at start (a missing replay topic, an unreadable file, a record that
-//!   does not decode), or written (`replay_state.rs`); a process of the timely cluster that
+//!   does not decode), or written (`replay_state.rs`); a commitment chain that cannot be
+//!   continued at start (a missing commitments or checkpoints topic, a chain signed by
+//!   another key than this node's, an unreadable `--data-dir` log state: `kafka/chains.rs`,
+//!   `decision_log.rs`) or whose state cannot be written; a process of the timely cluster that
 //!   is gone; a graceful stop that cannot drain or commit in time; and any panic, in any
 //!   thread.
 //!

@@ -1,6 +1,7 @@
 //! The ops endpoints on `--http ADDR`: `/metrics` (Prometheus text format), `/healthz`
 //! (health JSON; 503 when critical), `/readyz` (200 once sources are assigned and the broker
-//! is reachable), `/pubkey` (SPEC §3.3) and `/episodes/{id}` (the newest archived episode
+//! is reachable), `/pubkey` (SPEC §3.3), `/checkpoint` (each shard's latest signed
+//! checkpoint, SPEC §3.4) and `/episodes/{id}` (the newest archived episode
 //! holding that observation id, from the in-memory recall cache). A tokio runtime on its own thread serves them;
 //! handlers read shared state only (atomics, a short mutex, the registry), so a scrape never
 //! waits on, or blocks, a timely worker.
@@ -31,6 +32,8 @@ pub struct Ops {
     /// The breaker's state gauge, read live by `/readyz` (2 = open: not ready), so that it
     /// agrees with `bizra_kafka_circuit_breaker_state` at every moment.
     pub circuit: std::sync::OnceLock<prometheus::IntGauge>,
+    /// The latest checkpoint of each shard of this process (`/checkpoint`).
+    pub checkpoints: crate::decision_log::Latest,
 }
 
 impl Ops {
@@ -38,6 +41,7 @@ impl Ops {
         registry: Registry,
         pubkey: String,
         recent: Option<Arc<crate::recall::RecentEpisodes>>,
+        checkpoints: crate::decision_log::Latest,
     ) -> Arc<Ops> {
         Arc::new(Ops {
             registry,
@@ -46,6 +50,7 @@ impl Ops {
             pubkey,
             recent,
             circuit: std::sync::OnceLock::new(),
+            checkpoints,
         })
     }
 
@@ -91,6 +96,7 @@ fn router(ops: Arc<Ops>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/pubkey", get(pubkey))
+        .route("/checkpoint", get(checkpoint))
         .route("/episodes/{id}", get(episode))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(ops)
@@ -121,6 +127,20 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
 
 async fn pubkey(State(ops): State<Arc<Ops>>) -> Response {
     (StatusCode::OK, format!("{}\n", ops.pubkey)).into_response()
+}
+
+/// The latest checkpoint of each shard of this process, a JSON array of `{"shard",
+/// "tree_size", "note"}` in shard order (empty before the first one).
+async fn checkpoint(State(ops): State<Arc<Ops>>) -> Response {
+    let all: Vec<crate::decision_log::CheckpointRecord> = ops
+        .checkpoints
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let body = serde_json::to_string(&all).expect("checkpoints serialize");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// The newest recent episode holding observation `id` (JSON); 404 when it is not in the
@@ -159,7 +179,7 @@ mod tests {
         let c = prometheus::IntCounter::new("bizra_test_total", "t").unwrap();
         r.register(Box::new(c.clone())).unwrap();
         c.inc_by(7);
-        let ops = Ops::new(r, "cHVia2V5".into(), None);
+        let ops = Ops::new(r, "cHVia2V5".into(), None, Default::default());
         let addr = serve("127.0.0.1:0", ops.clone()).unwrap();
         let (code, body) = get(addr, "/metrics");
         assert_eq!(code, 200);
@@ -196,7 +216,7 @@ mod tests {
         }))
         .unwrap();
         recent.insert(Arc::new(episode.clone()));
-        let ops = Ops::new(Registry::new(), String::new(), Some(recent));
+        let ops = Ops::new(Registry::new(), String::new(), Some(recent), Default::default());
         let addr = serve("127.0.0.1:0", ops).unwrap();
         let (code, body) = get(addr, "/episodes/obs-42");
         assert_eq!(code, 200);
@@ -205,12 +225,42 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_serves_the_latest_of_each_shard() {
+        let latest: crate::decision_log::Latest = Default::default();
+        let ops = Ops::new(Registry::new(), String::new(), None, latest.clone());
+        let addr = serve("127.0.0.1:0", ops).unwrap();
+        assert_eq!(get(addr, "/checkpoint"), (200, "[]".into()));
+        let key = Arc::new(ed25519_dalek::SigningKey::from_bytes(&[3; 32]));
+        let mut cp = crate::decision_log::Checkpointer::new("d", key, 1, Some(latest));
+        let mut chain = bizra_dataflows::verification::commitment::Chain::new([0; 8], 4);
+        let leaf = [bizra_dataflows::verification::merkle::leaf_hash(b"x")];
+        for seq in 0..3 {
+            cp.durable(&chain.seal(seq, &leaf, &ed25519_dalek::SigningKey::from_bytes(&[3; 32])));
+            cp.due(seq * 10, false);
+        }
+        let (code, body) = get(addr, "/checkpoint");
+        assert_eq!(code, 200);
+        let served: Vec<crate::decision_log::CheckpointRecord> = serde_json::from_str(&body).unwrap();
+        assert_eq!(served.len(), 1);
+        assert_eq!((served[0].shard, served[0].tree_size), (4, 3));
+        assert!(served[0].note.starts_with("d/bizra/shard/4\n3\n"), "{body}");
+    }
+
+    #[test]
     fn a_port_in_use_or_a_bad_address_fails_clearly() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap().to_string();
-        let e = serve(&addr, Ops::new(Registry::new(), String::new(), None)).unwrap_err();
+        let e = serve(
+            &addr,
+            Ops::new(Registry::new(), String::new(), None, Default::default()),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("cannot listen"), "{e:#}");
-        let e = serve("not-an-address", Ops::new(Registry::new(), String::new(), None)).unwrap_err();
+        let e = serve(
+            "not-an-address",
+            Ops::new(Registry::new(), String::new(), None, Default::default()),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("--http not-an-address"), "{e:#}");
     }
 }

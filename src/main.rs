@@ -89,20 +89,51 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Check verdicts (and rollbacks) against commitments and a public key; exit 1 on any
-    /// failure.
+    /// Audit a deployment's history: verdicts and rollbacks against commitments, the
+    /// commitments' chains, and the signed checkpoints of each shard's decision log, from
+    /// files or (--brokers) from the topics; exit 1 on any failure.
     Verify {
-        #[arg(long)]
-        verdicts: PathBuf,
-        #[arg(long)]
-        commitments: PathBuf,
+        /// Verdicts (JSONL, SPEC §1.2) to check; leave out to audit the log alone.
+        #[arg(long, value_name = "FILE")]
+        verdicts: Option<PathBuf>,
+        /// Commitments (JSONL, SPEC §1.3): each shard's decision log. Required without
+        /// --brokers.
+        #[arg(long, value_name = "FILE")]
+        commitments: Option<PathBuf>,
         /// Rollbacks (JSONL, SPEC §1.6) to check too: their leaves, proofs and the verdicts
         /// they name.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         rollbacks: Option<PathBuf>,
+        /// Signed checkpoints (JSONL, as `bizra run --checkpoints` writes them): each is
+        /// checked against the log and the earlier ones, and every commitment must be covered
+        /// by one.
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<PathBuf>,
         /// The node's public key: standard base64, or a file holding it.
         #[arg(long)]
         pubkey: String,
+        /// The deployment (`log.deployment`) whose checkpoints to expect: their origins are
+        /// `<NAME>/bizra/shard/<k>`. Default: `log.deployment` of --config, else "bizra".
+        #[arg(long, value_name = "NAME")]
+        deployment: Option<String>,
+        /// Read the verdicts, rollbacks, checkpoints and commitments topics from their
+        /// beginning instead of files (topic names and security settings from --config).
+        #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["verdicts", "commitments", "rollbacks", "checkpoints"])]
+        brokers: Option<String>,
+        /// Configuration file (TOML): `[kafka]` topics and client settings, `log.deployment`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// With --brokers: keep checking new records as they arrive, until SIGTERM/SIGINT.
+        #[arg(long, requires = "brokers")]
+        follow: bool,
+        /// With --follow: serve /metrics (bizra_audit_*), /healthz, /readyz on this address.
+        #[arg(long, value_name = "ADDR", requires = "follow")]
+        http: Option<String>,
+        /// With --brokers: records younger than this (by their Kafka timestamp) may still be
+        /// completed by records on their way (a commitment, a checkpoint), so they are judged
+        /// only once older.
+        #[arg(long, value_name = "MS", default_value_t = 60_000)]
+        grace_ms: u64,
     },
 }
 
@@ -118,6 +149,26 @@ enum AuditCommand {
     Verify {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+    },
+    /// Print a proof over one shard's decision log, read from a commitments file: with
+    /// `--index I`, that commitment seq I is in the log of size `--size N` (a checkpoint's);
+    /// with `--old M`, that the log of size M is a prefix of the log of size N. One JSON
+    /// line with the roots, for RFC 9162 §2.1.3.2 / §2.1.4.2 verification.
+    Prove {
+        #[arg(long, value_name = "FILE")]
+        commitments: PathBuf,
+        #[arg(long)]
+        shard: u32,
+        /// The deployment (`log.deployment`) whose chain to read.
+        #[arg(long, default_value = "bizra")]
+        deployment: String,
+        /// Tree size of the (newer) checkpoint; default: the whole log in the file.
+        #[arg(long)]
+        size: Option<u64>,
+        #[arg(long, conflicts_with = "old", required_unless_present = "old")]
+        index: Option<u64>,
+        #[arg(long)]
+        old: Option<u64>,
     },
     /// Print the K records whose features are nearest to record ID's (JSON lines).
     Similar {
@@ -196,6 +247,11 @@ struct RunArgs {
     /// In Kafka mode they go to `kafka.rollbacks_topic`.
     #[arg(long, value_name = "FILE")]
     rollbacks: Option<PathBuf>,
+    /// Write the decision log's signed checkpoints (JSONL, `docs/FORMATS.md`) here; without
+    /// it they are made (and served at `/checkpoint`) but not written. In Kafka mode they go
+    /// to `kafka.checkpoints_topic`. In a cluster each process writes its own shards'.
+    #[arg(long, value_name = "FILE")]
+    checkpoints: Option<PathBuf>,
     /// Worker threads per process.
     #[arg(short = 'w', long, default_value_t = 1)]
     workers: usize,
@@ -266,12 +322,7 @@ fn main() -> ExitCode {
         Command::Keygen { out, force, sampling } => cmd_keygen(&out, force, sampling),
         Command::Sign { key, input, output } => cmd_sign(&key, &input, &output),
         Command::Audit { command } => cmd_audit(command),
-        Command::Verify {
-            verdicts,
-            commitments,
-            rollbacks,
-            pubkey,
-        } => cmd_verify(&verdicts, &commitments, rollbacks.as_deref(), &pubkey),
+        c @ Command::Verify { .. } => cmd_verify(c),
     };
     match result {
         Ok(code) => code,
@@ -297,6 +348,25 @@ fn cmd_audit(c: AuditCommand) -> anyhow::Result<ExitCode> {
             found
         }
         AuditCommand::Verify { data_dir } => bizra::audit_cmd::verify(&data_dir, &mut out)?,
+        AuditCommand::Prove {
+            commitments,
+            shard,
+            deployment,
+            size,
+            index,
+            old,
+        } => {
+            let run = bizra_dataflows::verification::commitment::deployment_run(&deployment);
+            let log = bizra::audit_cmd::shard_log(&commitments, &hex::encode(run), shard)?;
+            let size = size.unwrap_or(log.len());
+            let req = match (index, old) {
+                (Some(index), _) => bizra::audit_cmd::ProofRequest::Inclusion { index, size },
+                (None, Some(old)) => bizra::audit_cmd::ProofRequest::Consistency { old, size },
+                (None, None) => unreachable!("clap requires --index or --old"),
+            };
+            bizra::audit_cmd::prove(&log, shard, req, &mut out)?;
+            true
+        }
         AuditCommand::Similar {
             id,
             k,
@@ -417,31 +487,82 @@ fn write_secret(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
     written
 }
 
-fn cmd_verify(
-    verdicts: &Path,
-    commitments: &Path,
-    rollbacks: Option<&Path>,
-    pubkey: &str,
-) -> anyhow::Result<ExitCode> {
-    let text = if Path::new(pubkey).is_file() {
-        std::fs::read_to_string(pubkey).with_context(|| format!("{pubkey}: cannot read"))?
+fn cmd_verify(c: Command) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let Command::Verify {
+        verdicts,
+        commitments,
+        rollbacks,
+        checkpoints,
+        pubkey,
+        deployment,
+        brokers,
+        config,
+        follow,
+        http,
+        grace_ms,
+    } = c
+    else {
+        unreachable!("cmd_verify is called with Command::Verify")
+    };
+    let text = if Path::new(&pubkey).is_file() {
+        std::fs::read_to_string(&pubkey).with_context(|| format!("{pubkey}: cannot read"))?
     } else {
-        pubkey.to_owned()
+        pubkey.clone()
     };
     let pk = signature::parse_public_key(text.trim()).map_err(|e| anyhow::anyhow!("--pubkey: {e}"))?;
-    let report = bizra::verify_cmd::verify_files(verdicts, commitments, rollbacks, &pk)?;
-    for f in &report.failures {
-        println!("FAIL {f}");
+    let cfg = config.as_deref().map(|p| Config::load(Some(p))).transpose()?;
+    let deployment = deployment
+        .or_else(|| cfg.as_ref().map(|c| c.log.deployment.clone()))
+        .unwrap_or_else(|| "bizra".to_owned());
+    // Usage errors exit 2, as clap's do: exit 1 means the audit found failures.
+    let usage = |m: String| {
+        eprintln!("bizra: {m}");
+        Ok(ExitCode::from(2))
+    };
+    if !bizra_dataflows::verification::checkpoint::valid_deployment_name(&deployment) {
+        return usage(format!(
+            "--deployment: expected a name without spaces or '+', found {deployment:?}"
+        ));
     }
-    println!(
-        "checked {} verdicts and {} rollbacks ({} inclusion proofs) against {} commitments: {} failures",
-        report.verdicts,
-        report.rollbacks,
-        report.proofs_checked,
-        report.commitments,
-        report.failures.len()
-    );
-    Ok(if report.failures.is_empty() {
+    if follow && brokers.is_none() {
+        return usage("--follow follows the topics: give --brokers instead of files".into());
+    }
+    if brokers.is_none() && commitments.is_none() {
+        return usage("--commitments FILE is required (or --brokers)".into());
+    }
+    let mut out = std::io::stdout().lock();
+    let report = match brokers {
+        None => {
+            let commitments = commitments.expect("checked above");
+            let files = bizra::verify_cmd::Files {
+                verdicts: verdicts.as_deref(),
+                commitments: &commitments,
+                rollbacks: rollbacks.as_deref(),
+                checkpoints: checkpoints.as_deref(),
+            };
+            bizra::verify_cmd::verify_files(&files, &pk, &deployment)?
+        }
+        Some(brokers) => {
+            use bizra::verify_cmd::{kafka, AuditConfig};
+            let mut kcfg = cfg.map(|c| c.kafka).unwrap_or_default();
+            kcfg.brokers = brokers;
+            let audit = AuditConfig {
+                deployment,
+                coverage: true,
+                grace_ms: Some(grace_ms),
+            };
+            let opts = kafka::Options {
+                follow,
+                http: http.as_deref(),
+                pubkey: text.trim().to_owned(),
+            };
+            kafka::verify(&kcfg, &pk, audit, &opts, &mut out)?
+        }
+    };
+    bizra::verify_cmd::print_lines(&report.failures, &report.notes, &mut out)?;
+    writeln!(out, "{}", report.summary())?;
+    Ok(if report.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -535,6 +656,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             (0..a.workers.max(1)).map(|_| h.lane()).collect(),
         ))
     });
+    let checkpoints: bizra::decision_log::Latest = Default::default();
     // Ops endpoints first: a bad --http fails before any work starts.
     let started: bizra::telemetry::Ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let metrics = match &a.http {
@@ -546,7 +668,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 bizra::metrics::Metrics::register(&registry, &domains, &policy.version())
                     .context("registering metrics")?,
             );
-            let ops = bizra::http::Ops::new(registry, pubkey.clone(), recent.clone());
+            let ops = bizra::http::Ops::new(registry, pubkey.clone(), recent.clone(), checkpoints.clone());
             let _ = ops.circuit.set(metrics.circuit_state.clone());
             bizra::http::serve(addr, ops.clone())?;
             bizra::telemetry::spawn_ops_thread(
@@ -562,9 +684,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut telemetry = bizra::telemetry::Telemetry::new(metrics, cfg.stats.clone());
     telemetry.consolidate = compressor.as_ref().map(|c| (cfg.consolidate.clone(), c.sender()));
-    let mut run_id = [0u8; 8];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut run_id);
-    let mut pipeline = cfg.pipeline(policy, keyring, signing_key, sample_key, run_id);
+    let mut pipeline = cfg.pipeline(policy, keyring, signing_key, sample_key);
     let cluster = Cluster {
         workers: a.workers.max(1),
         processes: a.processes.max(1),
@@ -584,9 +704,19 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         progress,
         telemetry,
         archive: lanes,
+        log: cfg.log.clone(),
+        checkpoints: checkpoints.clone(),
     };
     let summary = if kafka.brokers.is_empty() {
         // With --data-dir the replay guard's window continues the last run's.
+        if let Some(dir) = &a.data_dir {
+            // Each shard's commitment chain continues the last run's (SPEC §3.4).
+            let pk = pipeline.signing_key.verifying_key();
+            pipeline.chains = Arc::new(
+                bizra::decision_log::load(dir, &pk)
+                    .with_context(|| format!("--data-dir {}: the decision log", dir.display()))?,
+            );
+        }
         let replay = match &a.data_dir {
             Some(dir) => {
                 let per_bucket =
@@ -619,6 +749,11 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             stats: a.stats.clone().map_or(OutputSpec::Discard, OutputSpec::File),
             rollbacks: a.rollbacks.clone().map_or(OutputSpec::Discard, OutputSpec::File),
             replay,
+            checkpoints: a
+                .checkpoints
+                .clone()
+                .map_or(OutputSpec::Discard, OutputSpec::File),
+            data_dir: a.data_dir.clone(),
         };
         started.store(true, Ordering::Relaxed);
         run::run(
@@ -631,9 +766,14 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             services,
         )
     } else {
-        if a.gen.is_some() || a.input != "-" || a.stats.is_some() || a.rollbacks.is_some() {
+        if a.gen.is_some()
+            || a.input != "-"
+            || a.stats.is_some()
+            || a.rollbacks.is_some()
+            || a.checkpoints.is_some()
+        {
             anyhow::bail!(
-                "--gen, --input, --stats and --rollbacks are for local files; with --brokers, statistics go to kafka.stats_topic and rollbacks to kafka.rollbacks_topic"
+                "--gen, --input, --stats, --rollbacks and --checkpoints are for local files; with --brokers, statistics go to kafka.stats_topic, rollbacks to kafka.rollbacks_topic and checkpoints to kafka.checkpoints_topic"
             );
         }
         let shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -28,11 +28,12 @@ use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Exchange;
-use timely::dataflow::operators::{Input, Probe};
+use timely::dataflow::operators::{Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
 
 use crate::archive::{archived, ArchiveOutbox, Lanes};
 use crate::config::PipelineSettings;
+use crate::decision_log::{CheckpointRecord, Checkpointer};
 use crate::gen::Generator;
 use crate::inflight::Inflight;
 use crate::io::{spawn_reader, spawn_writer, ChunkReceiver, InputSpec, OutputSpec};
@@ -138,6 +139,11 @@ pub struct Outputs {
     /// With `--data-dir`: the writer of the replay guard's state (`replay_state.rs`), in
     /// every process (each keeps its own shards').
     pub replay: Option<crate::replay_state::Writer>,
+    /// Signed checkpoints of the decision log (SPEC §3.4), one JSON line each; every process
+    /// writes its own shards'.
+    pub checkpoints: OutputSpec,
+    /// With `--data-dir`: where each shard's chain stands is kept there (`decision_log.rs`).
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Counts for the closing summary.
@@ -288,7 +294,9 @@ const STATS: u8 = 3;
 const ROLLBACK: u8 = 4;
 /// The replay guard's records: binary frames, not lines.
 const REPLAY: u8 = 5;
-const KINDS: usize = 6;
+/// Checkpoints, written by the process whose shards they are.
+const CHECKPOINT: u8 = 6;
+const KINDS: usize = 7;
 
 /// Lines waiting for the writer threads, per worker.
 struct Outbox {
@@ -334,6 +342,15 @@ impl Outbox {
         buf.truncate(start);
         let dead = too_large(&o, len, self.max_output_bytes);
         self.write(dead)
+    }
+
+    /// Serializes one checkpoint into the checkpoints buffer.
+    fn write_checkpoint(&mut self, c: &CheckpointRecord) {
+        if self.senders[CHECKPOINT as usize].is_none() {
+            return;
+        }
+        serde_json::to_writer(&mut self.bufs[CHECKPOINT as usize], c).expect("checkpoint serializes");
+        self.end_line(CHECKPOINT);
     }
 
     /// Serializes one window-statistics record into the stats buffer.
@@ -398,6 +415,10 @@ pub struct Services {
     pub telemetry: Telemetry,
     /// The episode archive's lanes, one per worker, when the archive is on (`--data-dir`).
     pub archive: Option<Lanes>,
+    /// The decision log's settings (deployment name, checkpoint interval).
+    pub log: crate::config::LogConfig,
+    /// The latest checkpoint of each shard, for `/checkpoint`.
+    pub checkpoints: crate::decision_log::Latest,
 }
 
 /// Runs the pipeline to the end of its input. A fatal error on the way (an input or output
@@ -415,6 +436,8 @@ pub fn run(
         progress,
         telemetry,
         archive,
+        log,
+        checkpoints,
     } = services;
     let started = Instant::now();
     let (epoch_records, max_inflight) = (pacing.epoch_records, pacing.max_inflight_epochs);
@@ -453,6 +476,10 @@ pub fn run(
         senders[REPLAY as usize] = Some(tx);
         handles.push(h);
     }
+    let (tx, h) = spawn_writer(outputs.checkpoints)?;
+    senders[CHECKPOINT as usize] = tx;
+    handles.extend(h);
+    let data_dir = outputs.data_dir;
     let (reader_rx, reader_handle) = match &source {
         Source::Lines(spec) if is_first_process => {
             // A chunk is an epoch: a sixteenth of the budget lets several be in flight.
@@ -492,6 +519,18 @@ pub fn run(
         let is_reader = generator.is_none() && index == 0;
         let tel = Rc::new(RefCell::new(WorkerTelemetry::new(worker, &telemetry)));
         let observer = tel.borrow().observer();
+        // The decision log: where this shard's chain stands (with --data-dir), and its
+        // checkpoints, from the commitments as they are handed to the writers.
+        let mut state = data_dir.as_deref().map(|d| {
+            crate::decision_log::StateFile::open(d, index as u32)
+                .unwrap_or_else(|e| crate::fatal::halt(format_args!("--data-dir: {e:#}")))
+        });
+        let checkpointer = Rc::new(RefCell::new(Checkpointer::new(
+            &log.deployment,
+            cfg.signing_key.clone(),
+            log.checkpoint_interval_ms,
+            Some(checkpoints.clone()),
+        )));
 
         worker.dataflow::<u64, _, _>(|scope| {
             let raw: StreamVec<u64, RawRecord> = scope.input_from(&mut input).container::<Vec<_>>();
@@ -503,6 +542,19 @@ pub fn run(
             };
             let out = pipeline::build(raw, &cfg, observer);
             let out = archived(out, archive.as_ref(), &probe);
+            let cp = checkpointer.clone();
+            let out = out.inspect(move |o| {
+                if let Output::Commitment(c) = o {
+                    // Recorded before the commitment reaches its writer: after a kill the
+                    // data dir may be ahead of the commitments file, never behind it.
+                    if let Some(f) = &mut state {
+                        if let Err(e) = f.append(c) {
+                            crate::fatal::halt(format_args!("--data-dir: {e:#}"));
+                        }
+                    }
+                    cp.borrow_mut().durable(c);
+                }
+            });
             // Outputs are counted as they are written, after the size check that may turn a
             // verdict into a dead letter.
             let counts = summary.clone();
@@ -646,6 +698,10 @@ pub fn run(
                 outbox.borrow_mut().write_stats(&w);
             }
             let finished = drained && tel.borrow().done();
+            // At the end, a last checkpoint covers the whole log.
+            for c in checkpointer.borrow_mut().due(wall_ms().max(0) as u64, finished) {
+                outbox.borrow_mut().write_checkpoint(&c);
+            }
             if !outbox.borrow_mut().flush(finished) {
                 // The writer threads end the process themselves on a write error.
                 crate::fatal::halt("an output writer stopped");

@@ -26,6 +26,7 @@ pub(crate) fn topics(b: &Broker, input_partitions: u32) {
         "bizra.stats",
         "bizra.rollbacks",
         "bizra.replay",
+        "bizra.checkpoints",
     ] {
         b.create_topic(t, 1);
     }

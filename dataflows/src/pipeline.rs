@@ -24,6 +24,7 @@ use crate::policy::Policy;
 use crate::record::{Assessed, Checked, Decoded, Scored};
 use crate::verdict::assess;
 use crate::verification::batcher::Restored;
+use crate::verification::commitment::ChainStart;
 use crate::verification::replay::{fingerprint, id_hash};
 use crate::verification::sampling::SampleKey;
 use crate::verification::signature::Keyring;
@@ -63,8 +64,13 @@ pub struct PipelineConfig {
     pub policy: Arc<Policy>,
     pub keyring: Arc<Keyring>,
     pub signing_key: Arc<SigningKey>,
-    /// This run's id: commitment chains are per (run, shard).
+    /// The deployment's run id ([`deployment_run`]): commitment chains are per (run, shard).
+    ///
+    /// [`deployment_run`]: crate::verification::commitment::deployment_run
     pub run: [u8; 8],
+    /// Where each shard's chain continues (its last durable commitment); a shard not listed
+    /// starts a new chain at seq 0.
+    pub chains: Arc<std::collections::BTreeMap<u32, ChainStart>>,
     /// Style of the verdicts' `explanation` (`output.explain`); `None` writes none and costs
     /// nothing, since it is formatting work per record on the hot path.
     pub explain: Option<Style>,
@@ -156,6 +162,7 @@ pub fn build<'s>(
         cfg.keyring.clone(),
         cfg.sample_key.clone(),
         cfg.replay.clone(),
+        cfg.chains.clone(),
         observer.clone(),
     );
 
@@ -166,5 +173,12 @@ pub fn build<'s>(
         e.map(|c| assess_record(c, &policy, &version, style))
     });
 
-    commit(assessed, cfg.run, cfg.signing_key.clone(), observer).concat(dead.map(Output::DeadLetter))
+    commit(
+        assessed,
+        cfg.run,
+        cfg.chains.clone(),
+        cfg.signing_key.clone(),
+        observer,
+    )
+    .concat(dead.map(Output::DeadLetter))
 }

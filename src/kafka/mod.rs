@@ -18,6 +18,7 @@
 //! the outbox and pauses consumption.
 
 pub mod breaker;
+pub mod chains;
 pub mod offsets;
 pub mod replay;
 pub mod sink;
@@ -45,6 +46,8 @@ pub struct KafkaConfig {
     pub rollbacks_topic: String,
     /// The replay guard's persisted state, read back at every start.
     pub replay_topic: String,
+    /// Signed checkpoints of each shard's decision log (SPEC §3.4).
+    pub checkpoints_topic: String,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub start_offset: String,
     /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (TLS via the system OpenSSL; SASL PLAIN/SCRAM).
@@ -86,6 +89,7 @@ impl Default for KafkaConfig {
             stats_topic: "bizra.stats".into(),
             rollbacks_topic: "bizra.rollbacks".into(),
             replay_topic: "bizra.replay".into(),
+            checkpoints_topic: "bizra.checkpoints".into(),
             start_offset: "earliest".into(),
             security_protocol: "plaintext".into(),
             sasl_mechanism: String::new(),
@@ -209,6 +213,8 @@ pub fn run(
         progress,
         telemetry,
         archive,
+        log,
+        checkpoints,
     } = services;
     let started = Instant::now();
     sink::check_message_limit(&kafka, bounds.limits.max_output_bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -216,6 +222,16 @@ pub fn run(
     // The replay guard's window continues the last run's (SPEC §2.2).
     let per_bucket = bizra_dataflows::verification::replay::per_bucket(cfg.verify.replay_window_ids);
     cfg.replay = Some(replay::load(&kafka, &cfg.sample_key, per_bucket)?);
+    // Each shard's commitment chain continues from its last durable commitment (SPEC §3.4).
+    let first = (cluster.process * cluster.workers) as u32;
+    let run_hex = bizra_dataflows::verification::commitment::run_id_hex(&cfg.run);
+    let pk = cfg.signing_key.verifying_key();
+    cfg.chains = Arc::new(chains::load(
+        &kafka,
+        &run_hex,
+        first..first + cluster.workers as u32,
+        &pk,
+    )?);
     let partitions = source::watch_partitions(&kafka, initial)?;
     let assigned = Arc::new(AtomicUsize::new(0));
     tracing::info!(brokers = %kafka.brokers, topic = %kafka.input_topic, partitions = initial, group = %kafka.group_id, "kafka source");
@@ -234,6 +250,8 @@ pub fn run(
             progress: &progress,
             telemetry: &telemetry,
             archive: archive.as_ref(),
+            log: &log,
+            checkpoints: &checkpoints,
             partitions: &partitions,
             breaker: &breaker,
             clock,
@@ -264,6 +282,10 @@ struct Control<'a> {
     telemetry: &'a Telemetry,
     /// The episode archive's lanes, one per worker, when the archive is on.
     archive: Option<&'a Lanes>,
+    /// The decision log's settings.
+    log: &'a crate::config::LogConfig,
+    /// The latest checkpoint of each shard, for `/checkpoint`.
+    checkpoints: &'a crate::decision_log::Latest,
     /// The input topic's partition count, kept current by the watcher thread.
     partitions: &'a AtomicI32,
     /// The producers' circuit breaker, shared by the workers of this process.
@@ -307,6 +329,8 @@ fn worker_loop(
         progress,
         telemetry,
         archive,
+        log,
+        checkpoints,
         partitions,
         breaker,
         clock,
@@ -341,6 +365,7 @@ fn worker_loop(
         kafka.stats_topic.clone(),
         kafka.rollbacks_topic.clone(),
         kafka.replay_topic.clone(),
+        kafka.checkpoints_topic.clone(),
     ];
     tracing::info!(worker = index, partitions = ?mine, "assigned");
     on_assigned();
@@ -350,6 +375,12 @@ fn worker_loop(
     let mut input = InputHandle::<u64, timely::container::CapacityContainerBuilder<Vec<RawRecord>>>::new();
     let probe = ProbeHandle::new();
     let outbox = sink::Outbox::new(max_output);
+    outbox.borrow_mut().checkpointer = Some(crate::decision_log::Checkpointer::new(
+        &log.deployment,
+        cfg.signing_key.clone(),
+        log.checkpoint_interval_ms,
+        Some(checkpoints.clone()),
+    ));
     let summary = Rc::new(RefCell::new(Summary::default()));
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = scope.input_from(&mut input).container::<Vec<_>>();
@@ -365,6 +396,7 @@ fn worker_loop(
     let mut inflight = Inflight::new(budget);
     let (mut reported, mut reported_bytes, mut reported_commit_failures) = (0u64, 0i64, 0u64);
     let mut shutdown_at: Option<Instant> = None;
+    let mut final_checkpoints = false;
     let mut last_advance = Instant::now();
     loop {
         let now_ms = clock.elapsed().as_millis() as u64;
@@ -451,6 +483,7 @@ fn worker_loop(
             for w in tel.borrow_mut().tick(drained) {
                 ob.push_stats(&w);
             }
+            ob.push_checkpoints(now_ms, false);
             ob.flush(&producers, &topics, breaker, now_ms, &mut counts);
             producers.poll();
             let failed = ob.apply(&producers.acks, breaker, &mut counts).1;
@@ -494,7 +527,12 @@ fn worker_loop(
         reported = out_now;
 
         if drained && tel.borrow().done() && outbox.borrow().is_empty() {
-            break;
+            if final_checkpoints {
+                break;
+            }
+            // Everything is acknowledged: a last checkpoint covers the whole log.
+            outbox.borrow_mut().push_checkpoints(now_ms, true);
+            final_checkpoints = true;
         }
         if let Some(at) = shutdown_at {
             if at.elapsed() > Duration::from_millis(kafka.shutdown_timeout_ms) {

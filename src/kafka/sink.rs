@@ -44,7 +44,9 @@ use timely::dataflow::StreamVec;
 use timely::scheduling::Activator;
 
 use super::breaker::Breaker;
+use super::chains::LOG_HEADER;
 use super::KafkaConfig;
+use crate::decision_log::{CheckpointRecord, Checkpointer};
 
 /// One delivery report: the record's slot (or [`STATS_SLOT`]) and the broker's answer.
 pub type Ack = (usize, Result<(), KafkaError>);
@@ -314,12 +316,16 @@ const DLQ: usize = 2;
 const STATS: usize = 3;
 const ROLLBACKS: usize = 4;
 const REPLAY: usize = 5;
+const CHECKPOINTS: usize = 6;
 /// The output topics, in the order of the indices above.
-pub const TOPICS: usize = 6;
+pub const TOPICS: usize = 7;
 /// The delivery opaque of window-statistics records: they belong to no tick (their windows
 /// are recomputed from the input after a restart) and hold no slot, but are still flushed
 /// before exit.
 pub const STATS_SLOT: usize = usize::MAX;
+/// The delivery opaque of checkpoints: they hold no tick either (a checkpoint only covers
+/// commitments already acknowledged), and are flushed before exit.
+pub const CHECKPOINT_SLOT: usize = usize::MAX - 1;
 
 /// What the sink tells the worker about the records it handled in one call.
 pub trait Written {
@@ -354,6 +360,12 @@ pub struct Outbox {
     stats: VecDeque<WindowStats>,
     /// Window statistics handed to the producer and not yet acknowledged.
     stats_unacked: u64,
+    /// Makes the checkpoints of this worker's shard from its acknowledged commitments.
+    pub checkpointer: Option<Checkpointer>,
+    /// Checkpoints waiting for the producer.
+    checkpoints: VecDeque<CheckpointRecord>,
+    /// Checkpoints handed to the producer and not yet acknowledged.
+    checkpoints_unacked: u64,
     /// Serialization buffer, reused for every record.
     scratch: Vec<u8>,
     /// `limits.max_output_bytes`.
@@ -412,6 +424,9 @@ impl Outbox {
             unacked: BTreeMap::new(),
             stats: VecDeque::new(),
             stats_unacked: 0,
+            checkpointer: None,
+            checkpoints: VecDeque::new(),
+            checkpoints_unacked: 0,
             scratch: Vec::with_capacity(4096),
             max_output_bytes,
             waiting_since_ms: None,
@@ -425,9 +440,20 @@ impl Outbox {
         self.stats.push_back(w.clone());
     }
 
+    /// Queues the checkpoints due at `now_ms` (all of them with `all`, at a stop).
+    pub fn push_checkpoints(&mut self, now_ms: u64, all: bool) {
+        if let Some(c) = &mut self.checkpointer {
+            self.checkpoints.extend(c.due(now_ms, all));
+        }
+    }
+
     /// Records not yet handed to the producer.
     pub fn queued(&self) -> usize {
-        self.queue.len() + self.replay_queue.len() + self.suspects.len() + self.stats.len()
+        self.queue.len()
+            + self.replay_queue.len()
+            + self.suspects.len()
+            + self.stats.len()
+            + self.checkpoints.len()
     }
 
     /// True when nothing is queued or unacknowledged.
@@ -438,6 +464,8 @@ impl Outbox {
             && self.unacked.is_empty()
             && self.stats.is_empty()
             && self.stats_unacked == 0
+            && self.checkpoints.is_empty()
+            && self.checkpoints_unacked == 0
     }
 
     /// Hands queued records to the producer until it is full or the breaker says no. While
@@ -507,6 +535,29 @@ impl Outbox {
                 }
             }
         }
+        // And checkpoints, which cover acknowledged commitments only.
+        while let Some(c) = self.checkpoints.front() {
+            if !breaker.allow(now_ms) {
+                return;
+            }
+            self.scratch.clear();
+            serde_json::to_writer(&mut self.scratch, c).expect("checkpoint serializes");
+            let key = c.shard.to_string();
+            let rec = BaseRecord::with_opaque_to(&topics[CHECKPOINTS], CHECKPOINT_SLOT)
+                .payload(&self.scratch)
+                .key(&key);
+            match producers.main.send(rec) {
+                Ok(()) => {
+                    self.checkpoints.pop_front();
+                    self.checkpoints_unacked += 1;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => return,
+                Err((e, _)) => {
+                    self.checkpoints.pop_front();
+                    self.checkpoint_failed(&e);
+                }
+            }
+        }
     }
 
     fn source(&mut self, s: Source) -> &mut VecDeque<Pending> {
@@ -562,6 +613,8 @@ impl Outbox {
         let key: Option<Cow<'_, str>> = match &p.out {
             Output::Verdict(v) => Some(Cow::Borrowed(v.id.as_str())),
             Output::Rollback(r) => Some(Cow::Borrowed(r.id.as_str())),
+            // One partition per chain keeps its commitments in seq order.
+            Output::Commitment(c) => Some(Cow::Owned(c.shard.to_string())),
             _ => None,
         };
         let mut rec = BaseRecord::with_opaque_to(&topics[topic], slot).payload(&self.scratch);
@@ -577,6 +630,14 @@ impl Outbox {
         };
         if let Output::DeadLetter(d) = &p.out {
             rec = rec.headers(dead_letter_headers(d));
+        }
+        if let Output::Commitment(c) = &p.out {
+            // The log frontier after it, which the next start resumes from (`chains.rs`).
+            let log = c.log_frontier().map(|f| f.to_bytes()).unwrap_or_default();
+            rec = rec.headers(OwnedHeaders::new().insert(Header {
+                key: LOG_HEADER,
+                value: Some(log.as_slice()),
+            }));
         }
         match producer.send(rec) {
             Ok(()) => {
@@ -621,6 +682,14 @@ impl Outbox {
                 n += 1;
                 self.waiting_since_ms = None;
             }
+            if slot == CHECKPOINT_SLOT {
+                self.checkpoints_unacked = self.checkpoints_unacked.saturating_sub(1);
+                if let Err(e) = outcome {
+                    failed += 1;
+                    self.checkpoint_failed(&e);
+                }
+                continue;
+            }
             if slot == STATS_SLOT {
                 self.stats_unacked = self.stats_unacked.saturating_sub(1);
                 if let Err(e) = outcome {
@@ -638,6 +707,9 @@ impl Outbox {
             match outcome {
                 Ok(()) => {
                     let tick = flight.pending.tick;
+                    if let (Output::Commitment(c), Some(cp)) = (&flight.pending.out, &mut self.checkpointer) {
+                        cp.durable(c);
+                    }
                     decrement(&mut self.unacked, tick);
                     if matches!(flight.pending.out, Output::Replay(_)) {
                         decrement(&mut self.replay_unacked, tick);
@@ -662,6 +734,18 @@ impl Outbox {
             }
         }
         (n, failed)
+    }
+
+    /// A checkpoint that was not written: fatal if nothing will cure it (a deleted topic, no
+    /// authorisation); otherwise a later checkpoint covers everything this one did.
+    fn checkpoint_failed(&mut self, e: &KafkaError) {
+        match classify(e) {
+            Class::Fatal => {
+                self.fatal
+                    .get_or_insert_with(|| format!("producing checkpoints: {e}"));
+            }
+            _ => tracing::warn!(error = %e, "checkpoint not written; the next one covers it"),
+        }
     }
 
     /// Handles a record the producer or the broker refused with `e`.
@@ -699,6 +783,7 @@ impl Outbox {
                     "stats",
                     "rollbacks",
                     "replay state",
+                    "checkpoints",
                 ][topic_of(&pending.out)];
                 self.fatal
                     .get_or_insert_with(|| format!("producing {topic}: {e}"));

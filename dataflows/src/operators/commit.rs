@@ -20,7 +20,7 @@ use crate::dead_letter::{rfc3339_ms, DeadLetter};
 use crate::record::{Assessed, BatchEvent};
 use crate::rollback::Rollback;
 use crate::verdict::{Proof, Verdict};
-use crate::verification::commitment::{Chain, Commitment};
+use crate::verification::commitment::{Chain, ChainStart, Commitment};
 use crate::verification::merkle::{Hash, Tree};
 use crate::verification::replay_log::ReplayRecord;
 use crate::verification::{to_hex, Tier};
@@ -59,6 +59,7 @@ struct Pending {
 pub fn commit<'s>(
     events: StreamVec<'s, u64, BatchEvent<Assessed>>,
     run: [u8; 8],
+    chains: Arc<BTreeMap<u32, ChainStart>>,
     key: Arc<SigningKey>,
     observer: Observer,
 ) -> StreamVec<'s, u64, Output> {
@@ -68,7 +69,7 @@ pub fn commit<'s>(
         "commit",
         move |initial, _info| {
             drop(initial);
-            let mut chain = Chain::new(run, shard);
+            let mut chain = Chain::resume(run, shard, chains.get(&shard));
             let mut pending: HashMap<u64, Pending> = HashMap::new();
             let mut ready: BTreeMap<u64, (Tree, Capability<u64>, u64)> = BTreeMap::new();
             let mut done = Vec::new();

@@ -128,6 +128,7 @@ mod tests {
             policy: Arc::new(Policy::reference()),
             keyring: Arc::new(Keyring::new()),
             signing_key: Arc::new(SigningKey::from_bytes(&[7; 32])),
+            chains: Default::default(),
             run: [1; 8],
             explain: None,
         }

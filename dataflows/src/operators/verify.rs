@@ -33,6 +33,7 @@ use timely::dataflow::StreamVec;
 use super::{report, timed, Clock, Observer, Stage, Structure};
 use crate::record::{BatchEvent, Checked, Scored};
 use crate::verification::batcher::Restored;
+use crate::verification::commitment::ChainStart;
 use crate::verification::sampling::SampleKey;
 use crate::verification::signature::Keyring;
 use crate::verification::{ShardVerifier, Tier, VerifyConfig};
@@ -45,6 +46,7 @@ pub fn verify<'s>(
     keyring: Arc<Keyring>,
     key: SampleKey,
     restored: Option<Restored>,
+    chains: Arc<BTreeMap<u32, ChainStart>>,
     observer: Observer,
 ) -> StreamVec<'s, u64, BatchEvent<Checked>> {
     let scope = scored.scope();
@@ -54,7 +56,10 @@ pub fn verify<'s>(
     scored.unary_frontier::<Builder, _, _, _>(route, "verify", move |initial, info| {
         let activator = scope.activator_for(info.address.clone());
         let clock = Clock::new();
-        let mut verifier = ShardVerifier::new(shard, peers, cfg, keyring, key, restored.as_ref());
+        // Batches are numbered on from the shard's last durable commitment.
+        let first_seq = chains.get(&shard).map_or(0, |c| c.next_seq);
+        let mut verifier =
+            ShardVerifier::new(shard, peers, cfg, keyring, key, restored.as_ref()).starting_at(first_seq);
         // Held until the first activation, to send the start snapshots at time 0.
         let mut initial = Some(initial);
         let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Scored>)> = BTreeMap::new();

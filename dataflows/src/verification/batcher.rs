@@ -177,6 +177,13 @@ impl ShardVerifier {
         }
     }
 
+    /// Numbers this shard's batches from `seq` on: the seq after the last durable commitment
+    /// of its chain.
+    pub fn starting_at(mut self, seq: u64) -> Self {
+        self.next_seq = seq;
+        self
+    }
+
     /// Entries held by the replay guard (bounded by config).
     pub fn replay_len(&self) -> usize {
         self.replay.len()

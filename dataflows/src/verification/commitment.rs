@@ -5,6 +5,11 @@
 //! message = `"bizra/commitment/v1"` ‖ 0x00 ‖ run (8 bytes) ‖ u32be shard ‖ u64be seq ‖
 //! u64be tree_size ‖ root ‖ prev, where prev = SHA3-256 of the previous message of this
 //! (run, shard) and 32 zero bytes for seq 0.
+//!
+//! A chain outlives the process (SPEC §3.4): `run` names the deployment, not the start, and a
+//! [`Chain`] resumes from a [`ChainStart`] — the last durable commitment and the decision
+//! log's [`Frontier`] after it. Each sealed commitment carries the frontier after itself
+//! ([`Commitment::log`]), which is what the drivers persist beside it.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +21,7 @@ use sha3::{Digest, Sha3_256};
 
 use super::merkle::{self, Hash, Tree};
 use super::signature::key_id;
+use super::tlog::Frontier;
 
 /// Domain tag that opens every commitment message, followed by a 0x00 byte.
 pub const DOMAIN: &[u8] = b"bizra/commitment/v1";
@@ -23,8 +29,9 @@ pub const DOMAIN: &[u8] = b"bizra/commitment/v1";
 /// Length of a commitment message: tag, 0x00, run, shard, seq, tree_size, root, prev.
 pub const MESSAGE_LEN: usize = DOMAIN.len() + 1 + 8 + 4 + 8 + 8 + 32 + 32;
 
-/// One sealed verification batch, as published on `bizra.commitments` (SPEC §1.3).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One sealed verification batch, as published on `bizra.commitments` (SPEC §1.3). Two are
+/// equal when their published fields are (`open_ms` and `log` are not on the wire).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Commitment {
     /// Shard = global worker index that sealed the batch.
     pub shard: u32,
@@ -47,6 +54,121 @@ pub struct Commitment {
     /// How long the batch was open before it sealed (ms): for metrics, not on the wire.
     #[serde(skip)]
     pub open_ms: u64,
+    /// The decision log's frontier after this commitment (leaves `0..=seq`, SPEC §3.4): not
+    /// in the JSON; the drivers persist it beside the commitment (a Kafka header, the data
+    /// dir) so that the next start can resume the log without reading all of it.
+    #[serde(skip)]
+    pub log: Vec<Hash>,
+}
+
+impl PartialEq for Commitment {
+    fn eq(&self, o: &Commitment) -> bool {
+        (
+            self.shard,
+            self.seq,
+            &self.run,
+            self.tree_size,
+            &self.root,
+            &self.prev,
+            &self.leaves,
+            &self.key_id,
+            &self.signature,
+        ) == (
+            o.shard,
+            o.seq,
+            &o.run,
+            o.tree_size,
+            &o.root,
+            &o.prev,
+            &o.leaves,
+            &o.key_id,
+            &o.signature,
+        )
+    }
+}
+
+impl Commitment {
+    /// The §3.3 signed message spelled by this commitment's fields; `None` if a field does
+    /// not parse.
+    pub fn message(&self) -> Option<Vec<u8>> {
+        let mut kinds = Vec::new();
+        let p = parse(self, &mut kinds)?;
+        Some(message(
+            &p.run,
+            self.shard,
+            self.seq,
+            self.tree_size,
+            &p.root,
+            &p.prev,
+        ))
+    }
+
+    /// The decision log's frontier after this commitment, as sealed.
+    pub fn log_frontier(&self) -> Option<Frontier> {
+        Frontier::from_parts(self.seq.checked_add(1)?, self.log.clone())
+    }
+}
+
+/// The run id of a deployment: the first 8 bytes of SHA-256("bizra/deployment/v1" ‖ 0x00 ‖
+/// name). Stable across starts, so that a shard's commitments form one chain.
+pub fn deployment_run(name: &str) -> [u8; 8] {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"bizra/deployment/v1\0");
+    h.update(name.as_bytes());
+    let d = h.finalize();
+    let mut run = [0u8; 8];
+    run.copy_from_slice(&d[..8]);
+    run
+}
+
+/// Where a shard's chain continues: after its last durable commitment.
+#[derive(Clone, Debug)]
+pub struct ChainStart {
+    /// The seq of the next commitment: the last durable one's + 1.
+    pub next_seq: u64,
+    /// SHA3-256 of the last durable commitment's message.
+    pub prev: Hash,
+    /// The decision log's frontier after it (size `next_seq`).
+    pub log: Frontier,
+}
+
+impl ChainStart {
+    /// The start after `c`, given the log frontier persisted with it.
+    pub fn after(c: &Commitment, log: Frontier) -> Result<ChainStart, String> {
+        let msg = c.message().ok_or_else(|| {
+            format!(
+                "commitment shard {} seq {}: a field does not parse",
+                c.shard, c.seq
+            )
+        })?;
+        ChainStart::from_message(&msg, log)
+    }
+
+    /// The start after the commitment whose §3.3 message is `msg`, given the log frontier
+    /// after it.
+    pub fn from_message(msg: &[u8], log: Frontier) -> Result<ChainStart, String> {
+        if msg.len() != MESSAGE_LEN || !msg.starts_with(DOMAIN) || msg[DOMAIN.len()] != 0 {
+            return Err(format!(
+                "expected a {MESSAGE_LEN}-byte commitment message, found {} bytes",
+                msg.len()
+            ));
+        }
+        let at = DOMAIN.len() + 1 + 8 + 4;
+        let seq = u64::from_be_bytes(msg[at..at + 8].try_into().expect("8 bytes"));
+        if log.size() != seq + 1 {
+            return Err(format!(
+                "commitment seq {seq}: expected a log frontier of size {}, found size {}",
+                seq + 1,
+                log.size()
+            ));
+        }
+        Ok(ChainStart {
+            next_seq: seq + 1,
+            prev: Sha3_256::digest(msg).into(),
+            log,
+        })
+    }
 }
 
 /// The §3.3 signed message.
@@ -79,6 +201,8 @@ pub struct Chain {
     next_seq: u64,
     /// SHA3-256 of the last sealed message (zeros before the first).
     prev: Hash,
+    /// The decision log over this chain's messages (SPEC §3.4).
+    log: Frontier,
 }
 
 impl Chain {
@@ -89,6 +213,21 @@ impl Chain {
             shard,
             next_seq: 0,
             prev: [0; 32],
+            log: Frontier::new(),
+        }
+    }
+
+    /// A chain that continues after its last durable commitment, or a new one.
+    pub fn resume(run: [u8; 8], shard: u32, start: Option<&ChainStart>) -> Chain {
+        match start {
+            Some(s) => Chain {
+                run,
+                shard,
+                next_seq: s.next_seq,
+                prev: s.prev,
+                log: s.log.clone(),
+            },
+            None => Chain::new(run, shard),
         }
     }
 
@@ -141,6 +280,12 @@ impl Chain {
             key_id: key_id(&key.verifying_key()),
             signature: STANDARD.encode(signature.to_bytes()),
             open_ms: 0,
+            log: Vec::new(),
+        };
+        self.log.push(merkle::leaf_hash(&msg));
+        let commitment = Commitment {
+            log: self.log.hashes().to_vec(),
+            ..commitment
         };
         self.prev = Sha3_256::digest(&msg).into();
         self.next_seq += 1;

@@ -1,0 +1,186 @@
+//! Finds where each of this process's shards' commitment chains stands at start (SPEC §3.4):
+//! reads `kafka.commitments_topic` backwards from its end, in growing steps over every
+//! partition, until the newest commitment of this deployment (`run`) is found for each shard
+//! (or the topic's start is reached: a shard never seen starts at seq 0). The log frontier
+//! after each commitment travels in its `bizra.log` header (`sink.rs`), so nothing older is
+//! needed. A chain signed by another key than this node's is fatal: a deployment's chains
+//! continue under one key. This file only reads, and blocks (never call it on a worker).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bizra_dataflows::verification::commitment::{ChainStart, Commitment};
+use bizra_dataflows::verification::signature::key_id;
+use bizra_dataflows::verification::tlog::Frontier;
+use ed25519_dalek::VerifyingKey;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::KafkaConfig;
+
+/// The Kafka header that carries the log frontier after a commitment (`Frontier::to_bytes`).
+pub const LOG_HEADER: &str = "bizra.log";
+
+/// Records read per partition in the first step back from the end; each step doubles it.
+const FIRST_STEP: i64 = 256;
+
+/// The newest durable commitment of each shard in `shards` of deployment `run` (hex), with
+/// the log frontier after it.
+pub fn load(
+    cfg: &KafkaConfig,
+    run: &str,
+    shards: std::ops::Range<u32>,
+    pk: &VerifyingKey,
+) -> anyhow::Result<BTreeMap<u32, ChainStart>> {
+    let started = Instant::now();
+    let consumer: BaseConsumer = cfg
+        .with_options(cfg.client_config(), false)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .context("creating the Kafka client that finds the commitment chains")?;
+    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    let topic = &cfg.commitments_topic;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of kafka.commitments_topic {topic}"))?;
+    let partitions: Vec<i32> = match md.topics().iter().find(|t| t.name() == topic.as_str()) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            t.partitions().iter().map(|p| p.id()).collect()
+        }
+        _ => bail!("kafka.commitments_topic {topic} does not exist: create it with the other topics"),
+    };
+    // Checkpoints go to their own topic: missing, they would be lost one by one.
+    let cp = &cfg.checkpoints_topic;
+    let md = consumer
+        .fetch_metadata(Some(cp), timeout)
+        .with_context(|| format!("reading the metadata of kafka.checkpoints_topic {cp}"))?;
+    if !md
+        .topics()
+        .iter()
+        .any(|t| t.name() == cp.as_str() && t.error().is_none() && !t.partitions().is_empty())
+    {
+        bail!("kafka.checkpoints_topic {cp} does not exist: create it with the other topics");
+    }
+    // Per partition: [low, next unread offset going back).
+    let mut ranges = Vec::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, timeout)
+            .with_context(|| format!("reading the offsets of {topic} partition {p}"))?;
+        ranges.push((*p, low, high));
+    }
+    let mut found: BTreeMap<u32, (Commitment, Frontier)> = BTreeMap::new();
+    let wanted: BTreeSet<u32> = shards.collect();
+    let mut step = FIRST_STEP;
+    let mut read = 0u64;
+    while ranges.iter().any(|(_, low, to)| to > low) && !wanted.iter().all(|s| found.contains_key(s)) {
+        for (p, low, to) in ranges.iter_mut() {
+            let from = (*to - step).max(*low);
+            for (c, log) in read_range(&consumer, topic, *p, from, *to, run, timeout)? {
+                read += 1;
+                if found.get(&c.shard).is_none_or(|(f, _)| c.seq > f.seq) {
+                    found.insert(c.shard, (c, log));
+                }
+            }
+            *to = from;
+        }
+        step = step.saturating_mul(2);
+        if started.elapsed() > Duration::from_secs(5) {
+            // A shard not seen yet makes the search go back to the topic's start.
+            tracing::info!(
+                topic = %topic,
+                records = read,
+                missing = ?wanted.iter().filter(|s| !found.contains_key(s)).collect::<Vec<_>>(),
+                "still looking for commitment chains"
+            );
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (shard, (c, log)) in found.into_iter().filter(|(s, _)| wanted.contains(s)) {
+        if c.key_id != key_id(pk) {
+            bail!(
+                "kafka.commitments_topic {topic}: shard {shard}'s chain (deployment run {run}) was signed by key_id {}, this node's key is {}: a deployment's chains continue under one key (keys.signing_key_path); to change keys, start a new deployment (log.deployment)",
+                c.key_id,
+                key_id(pk)
+            );
+        }
+        let start = ChainStart::after(&c, log)
+            .map_err(|e| anyhow::anyhow!("kafka.commitments_topic {topic}: {e}"))?;
+        out.insert(shard, start);
+    }
+    tracing::info!(
+        topic = %topic,
+        records = read,
+        chains = ?out.iter().map(|(s, c)| (*s, c.next_seq)).collect::<Vec<_>>(),
+        ms = started.elapsed().as_millis() as u64,
+        "commitment chains found"
+    );
+    Ok(out)
+}
+
+/// The commitments of deployment `run` at offsets `[from, to)` of one partition, each with
+/// the log frontier of its header. A record of this run that does not decode is an error:
+/// the topic is bizra's own; other runs' records (other deployments, older versions) are
+/// skipped.
+fn read_range(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    run: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(Commitment, Frontier)>> {
+    let mut out = Vec::new();
+    if from >= to {
+        return Ok(out);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
+    consumer.assign(&tpl)?;
+    let mut last_progress = Instant::now();
+    let mut next = from;
+    while next < to {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                next = m.offset() + 1;
+                if m.offset() >= to {
+                    break;
+                }
+                let at = || format!("{topic} partition {partition} offset {}", m.offset());
+                let Ok(c) = serde_json::from_slice::<Commitment>(m.payload().unwrap_or_default()) else {
+                    continue;
+                };
+                if c.run != run {
+                    continue;
+                }
+                let header = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == LOG_HEADER))
+                    .and_then(|h| h.value);
+                let Some(log) = header.and_then(|b| Frontier::from_bytes(b).ok()) else {
+                    bail!(
+                        "{}: a commitment of this deployment without a valid {LOG_HEADER} header",
+                        at()
+                    );
+                };
+                out.push((c, log));
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(e).with_context(|| format!("reading {topic}")),
+            None if last_progress.elapsed() > timeout => {
+                bail!(
+                    "reading {topic} partition {partition} from offset {next}: no record within {} ms",
+                    timeout.as_millis()
+                )
+            }
+            None => {}
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,259 @@
+//! The decision log (SPEC §3.4, issue 15): each shard's commitments form one chain across
+//! restarts — embedded runs on one `--data-dir`, Kafka runs killed with -9 — and its signed
+//! checkpoints, and `bizra audit prove`'s proofs, verify with an independent checker
+//! (`tests/check_log.py`: Python's hashlib and `cryptography`, written from the formats only).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::broker::Broker;
+use crate::common::sampling_key;
+use crate::kafka::{keygen, produce, read_to_end, sigterm, topics, wait_for_all, write_jsonl};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bizra"))
+}
+
+/// Runs the independent checker; returns (success, its output).
+fn check_log(commitments: &Path, checkpoints: &Path, pubkey: &str, proofs: Option<&Path>) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_log.py");
+    let mut c = Command::new("python3");
+    c.arg(script)
+        .arg(commitments)
+        .arg(checkpoints)
+        .arg(pubkey)
+        .arg("bizra");
+    if let Some(p) = proofs {
+        c.arg(p);
+    }
+    let out = c.output().expect("python3 runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `bizra audit prove` over a commitments file: one JSON line.
+fn prove(commitments: &Path, shard: u64, args: &[String]) -> String {
+    let out = bin()
+        .args(["audit", "prove", "--commitments"])
+        .arg(commitments)
+        .args(["--shard", &shard.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Seqs of each shard, in file order.
+fn seqs(commitments: &[Value]) -> BTreeMap<u64, Vec<u64>> {
+    let mut m: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for c in commitments {
+        m.entry(c["shard"].as_u64().unwrap())
+            .or_default()
+            .push(c["seq"].as_u64().unwrap());
+    }
+    m
+}
+
+/// Largest checkpointed tree size per shard.
+fn checkpointed(checkpoints: &[Value]) -> BTreeMap<u64, Vec<u64>> {
+    let mut m: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for c in checkpoints {
+        m.entry(c["shard"].as_u64().unwrap())
+            .or_default()
+            .push(c["tree_size"].as_u64().unwrap());
+    }
+    m
+}
+
+/// Consistency proofs between each shard's consecutive checkpoint sizes, and an inclusion
+/// proof of its first and last commitment in its last checkpoint, into `path`.
+fn proofs_for(commitments: &Path, checkpoints: &[Value], path: &Path) -> usize {
+    let mut lines = String::new();
+    for (shard, sizes) in checkpointed(checkpoints) {
+        for w in sizes.windows(2) {
+            lines += &prove(
+                commitments,
+                shard,
+                &[
+                    "--old".into(),
+                    w[0].to_string(),
+                    "--size".into(),
+                    w[1].to_string(),
+                ],
+            );
+        }
+        let last = *sizes.last().unwrap();
+        for index in [0, last - 1] {
+            lines += &prove(
+                commitments,
+                shard,
+                &[
+                    "--index".into(),
+                    index.to_string(),
+                    "--size".into(),
+                    last.to_string(),
+                ],
+            );
+        }
+    }
+    std::fs::write(path, &lines).unwrap();
+    lines.lines().count()
+}
+
+/// Two embedded runs on one `--data-dir` with one node key: each shard's chain goes on where
+/// the first run left it (no reset to seq 0, no gap), each run ends with a checkpoint, and the
+/// checkpoints, the chains and the proofs between them verify independently. A deleted
+/// commitment is caught by the same checker, so it can fail.
+#[test]
+fn embedded_runs_on_one_data_dir_continue_each_chain_and_their_checkpoints_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pubkey = keygen(d);
+    let data = d.join("data");
+    for (run, seed) in [(1, "1"), (2, "2")] {
+        let out = bin()
+            .args([
+                "run",
+                "-q",
+                "-w",
+                "2",
+                "--gen",
+                "3000",
+                "--seed",
+                seed,
+                "--signing-key",
+            ])
+            .arg(d.join("node.key"))
+            .arg("--sampling-key")
+            .arg(sampling_key(d))
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--output")
+            .arg(d.join(format!("v{run}.jsonl")))
+            .arg("--commitments")
+            .arg(d.join(format!("c{run}.jsonl")))
+            .arg("--checkpoints")
+            .arg(d.join(format!("k{run}.jsonl")))
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (c1, c2) = (jsonl(&d.join("c1.jsonl")), jsonl(&d.join("c2.jsonl")));
+    let (s1, s2) = (seqs(&c1), seqs(&c2));
+    assert_eq!(s1.keys().collect::<Vec<_>>(), vec![&0, &1], "two shards");
+    for (shard, first) in &s1 {
+        let second = &s2[shard];
+        assert_eq!(first[0], 0, "shard {shard}: the first run starts the chain");
+        assert_eq!(
+            second.iter().min().unwrap(),
+            &(first.iter().max().unwrap() + 1),
+            "shard {shard}: the second run continues the chain"
+        );
+    }
+    // Each run's last checkpoint covers its whole log.
+    for (c, k) in [(&s1, "k1.jsonl"), (&s2, "k2.jsonl")] {
+        let sizes = checkpointed(&jsonl(&d.join(k)));
+        for (shard, s) in c {
+            assert_eq!(
+                *sizes[shard].last().unwrap(),
+                s.iter().max().unwrap() + 1,
+                "{k} shard {shard}"
+            );
+        }
+    }
+    let all_c = d.join("c.jsonl");
+    let all_k = d.join("k.jsonl");
+    write_jsonl(&all_c, &[c1, c2].concat());
+    let checkpoints = [jsonl(&d.join("k1.jsonl")), jsonl(&d.join("k2.jsonl"))].concat();
+    write_jsonl(&all_k, &checkpoints);
+    let proofs = d.join("proofs.jsonl");
+    assert!(proofs_for(&all_c, &checkpoints, &proofs) >= 6);
+    let (ok, text) = check_log(&all_c, &all_k, &pubkey, Some(&proofs));
+    assert!(ok, "{text}");
+    assert!(text.contains("problems 0"), "{text}");
+
+    // The same checker fails on a log with a commitment taken out.
+    let mut cut = jsonl(&all_c);
+    cut.remove(10);
+    let cut_path = d.join("cut.jsonl");
+    write_jsonl(&cut_path, &cut);
+    let (ok, text) = check_log(&cut_path, &all_k, &pubkey, None);
+    assert!(!ok && text.contains("missing (gap)"), "{text}");
+}
+
+/// Kafka mode, kill -9 twice mid-stream, then a run to the end and a graceful stop: each
+/// shard's commitments in the topic are one chain from seq 0 without a gap, a fork or a
+/// second run id, and every checkpoint in the checkpoints topic (one every 300 ms while the
+/// log grows, one at the stop) verifies and is consistent with the earlier ones, proofs included.
+#[test]
+fn kafka_runs_killed_with_9_continue_each_chain_and_keep_checkpoints_consistent() {
+    let broker = Broker::start();
+    topics(&broker, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pubkey = keygen(d);
+    let cfg = d.join("bizra.toml");
+    std::fs::write(&cfg, "[log]\ncheckpoint_interval_ms = 300\n").unwrap();
+    let lines = crate::kafka::generated(20_000, 0.02, false);
+    produce(&broker, &lines, 4);
+    let run = || crate::kafka::bizra(&broker, d, &["-w", "2", "--config", cfg.to_str().unwrap()]);
+    for after_ms in [1_500u64, 3_000] {
+        let mut r = run();
+        std::thread::sleep(Duration::from_millis(after_ms));
+        r.kill().unwrap();
+        r.wait().unwrap();
+    }
+    let mut r = run();
+    let _ = wait_for_all(&broker, lines.len(), Duration::from_secs(240));
+    assert!(sigterm(&mut r).success());
+
+    let commitments = read_to_end(&broker, "bizra.commitments");
+    let checkpoints = read_to_end(&broker, "bizra.checkpoints");
+    let by_shard = seqs(&commitments);
+    assert_eq!(by_shard.len(), 2, "two shards");
+    for (shard, s) in &by_shard {
+        let max = *s.iter().max().unwrap();
+        let distinct: std::collections::BTreeSet<u64> = s.iter().copied().collect();
+        assert_eq!(
+            distinct,
+            (0..=max).collect(),
+            "shard {shard}: every seq from 0 to {max} once"
+        );
+    }
+    let sizes = checkpointed(&checkpoints);
+    for (shard, s) in &sizes {
+        assert!(s.len() >= 2, "shard {shard}: checkpoints {s:?}");
+        assert_eq!(
+            *s.last().unwrap(),
+            by_shard[shard].iter().max().unwrap() + 1,
+            "shard {shard}: the stop's checkpoint covers the whole chain"
+        );
+    }
+    let (c_path, k_path) = (d.join("c.jsonl"), d.join("k.jsonl"));
+    write_jsonl(&c_path, &commitments);
+    write_jsonl(&k_path, &checkpoints);
+    let proofs = d.join("proofs.jsonl");
+    proofs_for(&c_path, &checkpoints, &proofs);
+    let (ok, text) = check_log(&c_path, &k_path, &pubkey, Some(&proofs));
+    assert!(ok, "{text}");
+    eprintln!("{text}");
+}

@@ -118,6 +118,37 @@ fn proofs_for(commitments: &Path, checkpoints: &[Value], path: &Path) -> usize {
     lines.lines().count()
 }
 
+/// One embedded run on `--data-dir data` writing `v<run>`, `c<run>` and `k<run>.jsonl`.
+fn embedded(d: &Path, data: &Path, run: u32, workers: u32, seed: &str) {
+    let out = bin()
+        .args([
+            "run",
+            "-q",
+            "-w",
+            &workers.to_string(),
+            "--gen",
+            "3000",
+            "--seed",
+            seed,
+        ])
+        .arg("--signing-key")
+        .arg(d.join("node.key"))
+        .arg("--sampling-key")
+        .arg(sampling_key(d))
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--output")
+        .arg(d.join(format!("v{run}.jsonl")))
+        .arg("--commitments")
+        .arg(d.join(format!("c{run}.jsonl")))
+        .arg("--checkpoints")
+        .arg(d.join(format!("k{run}.jsonl")))
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Two embedded runs on one `--data-dir` with one node key: each shard's chain goes on where
 /// the first run left it (no reset to seq 0, no gap), each run ends with a checkpoint, and the
 /// checkpoints, the chains and the proofs between them verify independently. A deleted
@@ -129,33 +160,7 @@ fn embedded_runs_on_one_data_dir_continue_each_chain_and_their_checkpoints_verif
     let pubkey = keygen(d);
     let data = d.join("data");
     for (run, seed) in [(1, "1"), (2, "2")] {
-        let out = bin()
-            .args([
-                "run",
-                "-q",
-                "-w",
-                "2",
-                "--gen",
-                "3000",
-                "--seed",
-                seed,
-                "--signing-key",
-            ])
-            .arg(d.join("node.key"))
-            .arg("--sampling-key")
-            .arg(sampling_key(d))
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--output")
-            .arg(d.join(format!("v{run}.jsonl")))
-            .arg("--commitments")
-            .arg(d.join(format!("c{run}.jsonl")))
-            .arg("--checkpoints")
-            .arg(d.join(format!("k{run}.jsonl")))
-            .stdout(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        embedded(d, &data, run, 2, seed);
     }
     let (c1, c2) = (jsonl(&d.join("c1.jsonl")), jsonl(&d.join("c2.jsonl")));
     let (s1, s2) = (seqs(&c1), seqs(&c2));
@@ -198,6 +203,44 @@ fn embedded_runs_on_one_data_dir_continue_each_chain_and_their_checkpoints_verif
     write_jsonl(&cut_path, &cut);
     let (ok, text) = check_log(&cut_path, &all_k, &pubkey, None);
     assert!(!ok && text.contains("missing (gap)"), "{text}");
+}
+
+/// The worker count changes between runs: with one worker, shard 1's chain pauses (nothing
+/// is written for it, and its last checkpoint still covers it); with two again, it goes on
+/// from where the first run left it, and the whole history verifies.
+#[test]
+fn a_chain_pauses_while_its_worker_is_absent_and_continues_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pubkey = keygen(d);
+    let data = d.join("data");
+    embedded(d, &data, 1, 2, "1");
+    embedded(d, &data, 2, 1, "2");
+    embedded(d, &data, 3, 2, "3");
+    let c: Vec<Vec<Value>> = (1..=3).map(|r| jsonl(&d.join(format!("c{r}.jsonl")))).collect();
+    let s: Vec<BTreeMap<u64, Vec<u64>>> = c.iter().map(|c| seqs(c)).collect();
+    let last = |m: &BTreeMap<u64, Vec<u64>>, shard| *m[&shard].iter().max().unwrap();
+    let first = |m: &BTreeMap<u64, Vec<u64>>, shard| *m[&shard].iter().min().unwrap();
+    assert_eq!(
+        s[1].keys().collect::<Vec<_>>(),
+        vec![&0],
+        "one worker: shard 0 only"
+    );
+    assert_eq!(first(&s[1], 0), last(&s[0], 0) + 1, "shard 0 goes on in run 2");
+    assert_eq!(first(&s[2], 0), last(&s[1], 0) + 1, "shard 0 goes on in run 3");
+    assert_eq!(
+        first(&s[2], 1),
+        last(&s[0], 1) + 1,
+        "shard 1 resumes where run 1 left it"
+    );
+    let (all_c, all_k) = (d.join("c.jsonl"), d.join("k.jsonl"));
+    write_jsonl(&all_c, &c.concat());
+    let k: Vec<Value> = (1..=3)
+        .flat_map(|r| jsonl(&d.join(format!("k{r}.jsonl"))))
+        .collect();
+    write_jsonl(&all_k, &k);
+    let (ok, text) = check_log(&all_c, &all_k, &pubkey, None);
+    assert!(ok, "{text}");
 }
 
 /// Kafka mode, kill -9 twice mid-stream, then a run to the end and a graceful stop: each

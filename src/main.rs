@@ -435,6 +435,23 @@ fn cmd_keygen(out: &Path, force: bool, sampling: bool) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// The node key of a data dir without `--signing-key`: `DIR/node.key`, made by the first run
+/// (mode 0600, like `bizra keygen`) and used by every later one, since the data dir's
+/// commitment chains continue under the key that began them.
+fn data_dir_node_key(dir: &Path) -> anyhow::Result<SigningKey> {
+    let path = dir.join("node.key");
+    if std::fs::symlink_metadata(&path).is_err() {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        write_secret(&path, &signature::signing_key_to_file_text(&key), false)?;
+        tracing::info!(
+            file = %path.display(),
+            public_key = %base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes()),
+            "made the data dir's commitment key"
+        );
+    }
+    Ok(config::load_signing_key(&path)?)
+}
+
 /// Writes a secret file atomically with mode 0600: into a new temporary file beside it
 /// (created exclusively, so never through a link), then moved into place. An existing file
 /// is kept unless `force`; a symbolic link at `path` is refused either way, since writing
@@ -580,13 +597,25 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         Some(p) => config::load_keyring(p)?,
         None => Keyring::new(),
     };
+    // The archive before any work: a missing, unwritable or busy --data-dir fails start-up.
+    // The lock is held until this function returns, after the last episode is written.
+    let _data_dir_lock = a
+        .data_dir
+        .as_deref()
+        .map(|dir| {
+            bizra::data_dir::DataDirLock::acquire(dir)
+                .with_context(|| format!("--data-dir {}", dir.display()))
+        })
+        .transpose()?;
     let key_path = a
         .signing_key
         .clone()
         .or_else(|| nonempty(&cfg.keys.signing_key_path));
-    let signing_key = match &key_path {
-        Some(p) => config::load_signing_key(p)?,
-        None => {
+    let signing_key = match (&key_path, &a.data_dir) {
+        (Some(p), _) => config::load_signing_key(p)?,
+        // A data dir keeps its chains, so it keeps the key they continue under too.
+        (None, Some(dir)) => data_dir_node_key(dir)?,
+        (None, None) => {
             let k = SigningKey::generate(&mut rand::rngs::OsRng);
             tracing::info!(
                 public_key = %base64::engine::general_purpose::STANDARD.encode(k.verifying_key().as_bytes()),
@@ -615,16 +644,6 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         None => Source::Lines(InputSpec::parse(&a.input)),
     };
     let pubkey = base64::engine::general_purpose::STANDARD.encode(signing_key.verifying_key().as_bytes());
-    // The archive before any work: a missing, unwritable or busy --data-dir fails start-up.
-    // The lock is held until this function returns, after the last episode is written.
-    let _data_dir_lock = a
-        .data_dir
-        .as_deref()
-        .map(|dir| {
-            bizra::data_dir::DataDirLock::acquire(dir)
-                .with_context(|| format!("--data-dir {}", dir.display()))
-        })
-        .transpose()?;
     let (archive, recent) = match &a.data_dir {
         Some(dir) => {
             let acfg = bizra::archive::ArchiveConfig {

@@ -335,21 +335,27 @@ fn a_cluster_whose_clocks_disagree_by_seconds_reads_every_partition() {
         c.spawn().unwrap()
     };
     // Process 1 runs 8 s ahead: with wall-clock epochs it never read its partitions.
-    let mut a = spawn("0", None);
-    let mut b = spawn("1", Some("+8s"));
+    let a = spawn("0", None);
+    let b = spawn("1", Some("+8s"));
     let (verdicts, dead) = wait_for_all(&broker, 2_000, Duration::from_secs(90));
     let parts: HashMap<i64, usize> = verdicts.iter().fold(HashMap::new(), |mut m, v| {
         *m.entry(v["input"]["partition"].as_i64().unwrap()).or_default() += 1;
         m
     });
-    for c in [&mut a, &mut b] {
+    for c in [&a, &b] {
         let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
     }
-    let (sa, sb) = (a.wait().unwrap(), b.wait().unwrap());
+    let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (sa, sb) = (oa.status, ob.status);
+    let logs = format!(
+        "process 0: {}\nprocess 1: {}",
+        String::from_utf8_lossy(&oa.stderr),
+        String::from_utf8_lossy(&ob.stderr)
+    );
     assert_eq!(
         by_input(&verdicts).len() + by_input(&dead).len(),
         2_000,
-        "partitions: {parts:?}"
+        "partitions: {parts:?}\n{logs}"
     );
     assert_eq!(parts.len(), 4);
     assert!(sa.success() && sb.success(), "{sa} {sb}");

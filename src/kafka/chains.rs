@@ -37,7 +37,6 @@ pub fn load(
     let started = Instant::now();
     let consumer: BaseConsumer = cfg
         .with_options(cfg.client_config(), false)
-        .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create()

@@ -26,7 +26,6 @@ pub fn load(cfg: &KafkaConfig, key: &SampleKey, per_bucket: usize) -> anyhow::Re
     let started = Instant::now();
     let consumer: BaseConsumer = cfg
         .with_options(cfg.client_config(), false)
-        .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         // Large fetches: the state is tens of MB, and each fetch is a round trip.

@@ -64,6 +64,13 @@ impl Checkpointer {
         }
     }
 
+    /// `shard`'s log was durable up to `log` before this start (its chain was continued from
+    /// there): the next checkpoint covers it even if this run seals nothing, so that a log
+    /// left without a checkpoint by a kill is covered at the next graceful stop.
+    pub fn resume(&mut self, shard: u32, log: Frontier) {
+        self.durable.insert(shard, log);
+    }
+
     /// `c` is durable: its shard's log extends to it.
     pub fn durable(&mut self, c: &Commitment) {
         let Some(log) = c.log_frontier() else {

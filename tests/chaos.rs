@@ -47,10 +47,15 @@ struct Runs {
     hostfile: PathBuf,
     /// The runs that did not end in time, by round and role.
     hangs: Vec<String>,
+    /// Each run's stderr goes to `runs/<n>.log` here (the last one is shown on a failure).
+    logs: PathBuf,
+    started: usize,
 }
 
 impl Runs {
-    fn spawn(&self, cluster: Option<&str>) -> Child {
+    fn spawn(&mut self, cluster: Option<&str>) -> Child {
+        self.started += 1;
+        let log = std::fs::File::create(self.logs.join(format!("{}.log", self.started))).unwrap();
         let mut c = Command::new(&self.bin);
         c.env("RUST_LOG", "error")
             .args(["run", "-q", "--brokers", &self.broker_addr, "--signing-key"])
@@ -58,7 +63,7 @@ impl Runs {
             .arg("--sampling-key")
             .arg(crate::common::sampling_key(self.key.parent().unwrap()))
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log);
         match cluster {
             Some(p) => c
                 .args(["-w", "1", "-n", "2", "-p", p, "--hostfile"])
@@ -139,7 +144,7 @@ pub fn campaign(dir: &Path) -> String {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut broker = Broker::start();
     topics(&broker, PARTITIONS as u32);
-    keygen(dir);
+    let pubkey = keygen(dir);
     let hostfile = crate::common::two_process_hostfile(dir);
     let mut runs = Runs {
         bin: binary(),
@@ -147,7 +152,10 @@ pub fn campaign(dir: &Path) -> String {
         key: dir.join("node.key"),
         hostfile,
         hangs: Vec::new(),
+        logs: dir.join("runs"),
+        started: 0,
     };
+    std::fs::create_dir_all(&runs.logs).unwrap();
     // With repeated ids: the replay window survives the kills, so their verdicts must too.
     let lines = generated(inputs, 0.05, true);
     let (done, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
@@ -226,6 +234,23 @@ pub fn campaign(dir: &Path) -> String {
     let status = runs.reap(&mut last, Duration::from_secs(60), "final graceful stop".into());
     let graceful = status.is_some_and(|s| s.success());
 
+    // The decision log survived it all: every chain, checkpoint, verdict and rollback in the
+    // topics verifies (a verdict whose batch a kill left uncommitted must have a committed
+    // copy).
+    let audit = Command::new(&runs.bin)
+        .args([
+            "verify",
+            "--grace-ms",
+            "0",
+            "--brokers",
+            &broker.addr(),
+            "--pubkey",
+            &pubkey,
+        ])
+        .output()
+        .unwrap();
+    let audit_text = String::from_utf8_lossy(&audit.stdout).into_owned();
+    let audit_line = audit_text.lines().last().unwrap_or_default().to_owned();
     let mut all = by_input(&verdicts);
     for (k, v) in by_input(&dead) {
         all.entry(k).or_default().extend(v);
@@ -234,7 +259,7 @@ pub fn campaign(dir: &Path) -> String {
     let conflicts = all.values().filter(|vs| vs.iter().any(|v| v != &vs[0])).count();
     let duplicates: usize = all.values().map(|vs| vs.len() - 1).sum();
     let summary = format!(
-        "chaos: seed {seed}, kill points {kills}, broker kills {broker_kills}, broker pauses {pauses} ({pause_s} s), cluster kills {cluster_kills}; inputs {n}, outputs {}, duplicates {duplicates}, lost {lost}, conflicting duplicates {conflicts}, hangs {} {:?}, final stop {}",
+        "chaos: seed {seed}, kill points {kills}, broker kills {broker_kills}, broker pauses {pauses} ({pause_s} s), cluster kills {cluster_kills}; inputs {n}, outputs {}, duplicates {duplicates}, lost {lost}, conflicting duplicates {conflicts}, hangs {} {:?}, final stop {}; verify: {audit_line}",
         verdicts.len() + dead.len(),
         runs.hangs.len(),
         runs.hangs,
@@ -245,10 +270,20 @@ pub fn campaign(dir: &Path) -> String {
         *m.entry(k.0).or_default() += 1;
         m
     });
-    assert_eq!(lost, 0, "{summary} ({by_partition:?})");
+    let last_log =
+        std::fs::read_to_string(runs.logs.join(format!("{}.log", runs.started))).unwrap_or_default();
+    assert_eq!(
+        lost, 0,
+        "{summary} ({by_partition:?})\nlast run's stderr:\n{last_log}"
+    );
     assert_eq!(conflicts, 0, "{summary}");
     assert!(runs.hangs.is_empty(), "{summary}");
     assert!(graceful, "{summary}");
+    assert!(
+        audit.status.success(),
+        "{summary}\n{audit_text}{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
     summary
 }
 

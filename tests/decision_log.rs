@@ -300,3 +300,57 @@ fn kafka_runs_killed_with_9_continue_each_chain_and_keep_checkpoints_consistent(
     assert!(ok, "{text}");
     eprintln!("{text}");
 }
+
+/// A run killed with -9 after all its input is committed but before its first checkpoint
+/// leaves its commitments uncovered; the next run has nothing to seal, and its graceful stop
+/// still publishes a checkpoint covering every chain it continued.
+#[test]
+fn a_log_left_uncovered_by_a_kill_is_covered_at_the_next_graceful_stop() {
+    let broker = Broker::start();
+    topics(&broker, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pubkey = keygen(d);
+    let cfg = d.join("bizra.toml");
+    std::fs::write(&cfg, "[log]\ncheckpoint_interval_ms = 600000\n").unwrap();
+    let lines = crate::kafka::generated(2_000, 0.0, false);
+    produce(&broker, &lines, 2);
+    let run = || crate::kafka::bizra(&broker, d, &["-w", "2", "--config", cfg.to_str().unwrap()]);
+    let mut a = run();
+    let _ = wait_for_all(&broker, lines.len(), Duration::from_secs(120));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while crate::kafka::committed(&broker, "bizra", 2).values().sum::<i64>() < lines.len() as i64 {
+        assert!(std::time::Instant::now() < deadline, "offsets not committed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    assert!(
+        read_to_end(&broker, "bizra.checkpoints").is_empty(),
+        "no checkpoint before the kill"
+    );
+    let commitments = read_to_end(&broker, "bizra.commitments");
+
+    let mut b = run();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(sigterm(&mut b).success());
+    assert_eq!(
+        read_to_end(&broker, "bizra.commitments").len(),
+        commitments.len(),
+        "the second run sealed nothing"
+    );
+    let checkpoints = read_to_end(&broker, "bizra.checkpoints");
+    let sizes = checkpointed(&checkpoints);
+    for (shard, s) in seqs(&commitments) {
+        assert_eq!(
+            sizes.get(&shard).and_then(|v| v.last()),
+            Some(&(s.iter().max().unwrap() + 1)),
+            "shard {shard}: {sizes:?}"
+        );
+    }
+    let (c_path, k_path) = (d.join("c.jsonl"), d.join("k.jsonl"));
+    write_jsonl(&c_path, &commitments);
+    write_jsonl(&k_path, &checkpoints);
+    let (ok, text) = check_log(&c_path, &k_path, &pubkey, None);
+    assert!(ok, "{text}");
+}

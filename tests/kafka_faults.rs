@@ -316,6 +316,12 @@ fn a_cluster_whose_clocks_disagree_by_seconds_reads_every_partition() {
     let lines = generated(2_000, 0.0, false);
     produce(&broker, &lines, 4);
     let hostfile = crate::common::two_process_hostfile(dir.path());
+    // libfaketime shifts CLOCK_REALTIME, and librdkafka's timed waits (pthread_cond_timedwait
+    // on an absolute realtime) then last the fake offset longer: each Kafka client the
+    // skewed process closes at start takes seconds. Formation took 19-26 s of the default
+    // 30 s here, so the cluster gets longer to form; what is tested is what comes after.
+    let cfg = dir.path().join("bizra.toml");
+    std::fs::write(&cfg, "[pipeline]\ncluster_timeout_ms = 120000\n").unwrap();
     let spawn = |p: &str, skew: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_bizra"));
         c.env("RUST_LOG", "warn")
@@ -325,6 +331,8 @@ fn a_cluster_whose_clocks_disagree_by_seconds_reads_every_partition() {
             .arg(crate::common::sampling_key(dir.path()))
             .args(["-w", "1", "-n", "2", "-p", p, "--hostfile"])
             .arg(&hostfile)
+            .arg("--config")
+            .arg(&cfg)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(s) = skew {

@@ -29,18 +29,13 @@ const FIRST_STEP: i64 = 256;
 /// The newest durable commitment of each shard in `shards` of deployment `run` (hex), with
 /// the log frontier after it.
 pub fn load(
+    consumer: &BaseConsumer,
     cfg: &KafkaConfig,
     run: &str,
     shards: std::ops::Range<u32>,
     pk: &VerifyingKey,
 ) -> anyhow::Result<BTreeMap<u32, ChainStart>> {
     let started = Instant::now();
-    let consumer: BaseConsumer = cfg
-        .with_options(cfg.client_config(), false)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .context("creating the Kafka client that finds the commitment chains")?;
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
     let topic = &cfg.commitments_topic;
     let md = consumer
@@ -79,7 +74,7 @@ pub fn load(
     while ranges.iter().any(|(_, low, to)| to > low) && !wanted.iter().all(|s| found.contains_key(s)) {
         for (p, low, to) in ranges.iter_mut() {
             let from = (*to - step).max(*low);
-            for (c, log) in read_range(&consumer, topic, *p, from, *to, run, timeout)? {
+            for (c, log) in read_range(consumer, topic, *p, from, *to, run, timeout)? {
                 read += 1;
                 if found.get(&c.shard).is_none_or(|(f, _)| c.seq > f.seq) {
                     found.insert(c.shard, (c, log));

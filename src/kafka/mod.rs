@@ -221,17 +221,20 @@ pub fn run(
     let initial = source::partition_count(&kafka)?;
     // The replay guard's window continues the last run's (SPEC §2.2).
     let per_bucket = bizra_dataflows::verification::replay::per_bucket(cfg.verify.replay_window_ids);
-    cfg.replay = Some(replay::load(&kafka, &cfg.sample_key, per_bucket)?);
+    let restorer = replay::restore_consumer(&kafka)?;
+    cfg.replay = Some(replay::load(&restorer, &kafka, &cfg.sample_key, per_bucket)?);
     // Each shard's commitment chain continues from its last durable commitment (SPEC §3.4).
     let first = (cluster.process * cluster.workers) as u32;
     let run_hex = bizra_dataflows::verification::commitment::run_id_hex(&cfg.run);
     let pk = cfg.signing_key.verifying_key();
     cfg.chains = Arc::new(chains::load(
+        &restorer,
         &kafka,
         &run_hex,
         first..first + cluster.workers as u32,
         &pk,
     )?);
+    drop(restorer);
     let partitions = source::watch_partitions(&kafka, initial)?;
     let assigned = Arc::new(AtomicUsize::new(0));
     tracing::info!(brokers = %kafka.brokers, topic = %kafka.input_topic, partitions = initial, group = %kafka.group_id, "kafka source");
@@ -375,12 +378,17 @@ fn worker_loop(
     let mut input = InputHandle::<u64, timely::container::CapacityContainerBuilder<Vec<RawRecord>>>::new();
     let probe = ProbeHandle::new();
     let outbox = sink::Outbox::new(max_output);
-    outbox.borrow_mut().checkpointer = Some(crate::decision_log::Checkpointer::new(
+    let mut checkpointer = crate::decision_log::Checkpointer::new(
         &log.deployment,
         cfg.signing_key.clone(),
         log.checkpoint_interval_ms,
         Some(checkpoints.clone()),
-    ));
+    );
+    // The restored chain is in the topic already: durable.
+    if let Some(start) = cfg.chains.get(&(index as u32)) {
+        checkpointer.resume(index as u32, start.log.clone());
+    }
+    outbox.borrow_mut().checkpointer = Some(checkpointer);
     let summary = Rc::new(RefCell::new(Summary::default()));
     worker.dataflow::<u64, _, _>(|scope| {
         let raw = scope.input_from(&mut input).container::<Vec<_>>();

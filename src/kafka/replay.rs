@@ -17,23 +17,34 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaConfig;
 
+/// The client that reads bizra's own topics back at start (this file and `chains.rs`), by
+/// `assign` only. One for both: every consumer's close costs round trips (and, under
+/// libfaketime, realtime-based waits stretched by the fake offset).
+pub fn restore_consumer(cfg: &KafkaConfig) -> anyhow::Result<BaseConsumer> {
+    cfg.with_options(cfg.client_config(), false)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        // Large fetches: the replay state is tens of MB, and each fetch is a round trip.
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("fetch.max.bytes", "67108864")
+        .set("receive.message.max.bytes", "100000000")
+        .create()
+        .context("creating the Kafka client that restores the replay state and the chains")
+}
+
 /// Records read in the first step back from the end; each further step doubles it.
 const FIRST_STEP: i64 = 1024;
 
 /// The state the replay topic holds, in `key`'s buckets with `per_bucket` sightings each.
 /// A missing topic is an error naming it (create it with the other topics).
-pub fn load(cfg: &KafkaConfig, key: &SampleKey, per_bucket: usize) -> anyhow::Result<Restored> {
+pub fn load(
+    consumer: &BaseConsumer,
+    cfg: &KafkaConfig,
+    key: &SampleKey,
+    per_bucket: usize,
+) -> anyhow::Result<Restored> {
     let started = Instant::now();
-    let consumer: BaseConsumer = cfg
-        .with_options(cfg.client_config(), false)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        // Large fetches: the state is tens of MB, and each fetch is a round trip.
-        .set("max.partition.fetch.bytes", "16777216")
-        .set("fetch.max.bytes", "67108864")
-        .set("receive.message.max.bytes", "100000000")
-        .create()
-        .context("creating the Kafka client that restores the replay state")?;
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
     let topic = &cfg.replay_topic;
     let md = consumer
@@ -55,7 +66,7 @@ pub fn load(cfg: &KafkaConfig, key: &SampleKey, per_bucket: usize) -> anyhow::Re
     let start = loop {
         let to = from;
         from = (to - step).max(low);
-        let mut older = read_range(&consumer, topic, from, to, timeout)?;
+        let mut older = read_range(consumer, topic, from, to, timeout)?;
         older.append(&mut records);
         records = older;
         let tail: Vec<(u64, &ReplayRecord)> = records.iter().map(|(o, r)| (*o as u64, r)).collect();

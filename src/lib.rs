@@ -19,6 +19,7 @@
 //! - `kafka/`: Kafka mode — source, sinks, offset commits, circuit breaker, and the restore
 //!   of the replay state and of the commitment chains from their topics.
 //! - `recall`: recent episodes by observation id (bounded LRU), similar-episode search (HNSW).
+//! - `replay_audit`: `bizra audit replay`: recomputes verdicts from their input, compares leaves.
 //! - `replay_state`: the replay guard's state in `--data-dir`: restored at start, appended
 //!   and compacted by a writer thread.
 //! - `run`: timely workers, the driver loop with bounded in-flight epochs, the summary.
@@ -46,6 +47,7 @@ pub mod io;
 pub mod kafka;
 pub mod metrics;
 pub mod recall;
+pub mod replay_audit;
 pub mod replay_state;
 pub mod run;
 pub mod sign_cmd;

@@ -181,6 +181,72 @@ enum AuditCommand {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
+    /// Recompute every verdict of a range of input with bizra's own dataflow and compare its
+    /// Merkle leaf with the committed one, by input position. Prints one line per difference
+    /// and a summary; exit 1 on any differing or missing verdict, 2 if the policy is not the
+    /// one the verdicts carry.
+    Replay(Box<ReplayArgs>),
+}
+
+/// `bizra audit replay`'s flags (boxed: the other audit commands are small).
+#[derive(Args)]
+struct ReplayArgs {
+    /// Commitments (JSONL, SPEC §1.3): the committed leaves.
+    #[arg(long, value_name = "FILE")]
+    commitments: PathBuf,
+    /// Committed verdicts (JSONL, SPEC §1.2): which input position each leaf decides.
+    #[arg(long, value_name = "FILE")]
+    verdicts: PathBuf,
+    /// The run's rollbacks (JSONL): a statistical verdict emitted `sampled_out` whose
+    /// signature is bad passes only if a committed rollback names it.
+    #[arg(long, value_name = "FILE")]
+    rollbacks: Option<PathBuf>,
+    /// The run's dead letters (JSONL): with them, a record with no committed output at
+    /// all is missing even where the recomputation dead-letters it.
+    #[arg(long, value_name = "FILE")]
+    dlq: Option<PathBuf>,
+    /// The JSONL input the run read (offset = 0-based line number, partition 0).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "brokers",
+        conflicts_with = "brokers"
+    )]
+    input: Option<PathBuf>,
+    /// Read the input topic (`kafka.input_topic` of --config) instead, up to the high
+    /// watermarks seen at the start.
+    #[arg(long, value_name = "HOST:PORT")]
+    brokers: Option<String>,
+    /// With --brokers: start every partition at this offset (default: the earliest held).
+    #[arg(long, value_name = "N", requires = "brokers", conflicts_with_all = ["from_time", "input"])]
+    from_offset: Option<i64>,
+    /// With --brokers: start every partition at its first message at or after this time
+    /// (RFC 3339, or ms since the Unix epoch).
+    #[arg(long, value_name = "TIME", requires = "brokers", conflicts_with = "input")]
+    from_time: Option<String>,
+    /// Match only the committed verdicts whose `input.topic` is NAME (needed when the
+    /// verdicts file holds several inputs' verdicts).
+    #[arg(long, value_name = "NAME")]
+    topic: Option<String>,
+    /// The deployment's configuration file (limits, verification, pipeline, `[kafka]`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Policy file; default: config `policy.path`, else the reference policy. Its version
+    /// must be the verdicts' `policy_version`.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Keyring file; default: config `keys.keyring_path`.
+    #[arg(long, value_name = "FILE")]
+    keyring: Option<PathBuf>,
+    /// The deployment's sampling secret; default: config `verification.sampling_key_path`.
+    #[arg(long, value_name = "FILE")]
+    sampling_key: Option<PathBuf>,
+    /// Worker threads of the recomputation.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    workers: usize,
+    /// No progress lines on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -375,6 +441,76 @@ fn cmd_audit(c: AuditCommand) -> anyhow::Result<ExitCode> {
         } => {
             bizra::audit_cmd::similar_to(&data_dir, &id, k, max_points, &mut out)?;
             true
+        }
+        AuditCommand::Replay(a) => {
+            let ReplayArgs {
+                commitments,
+                verdicts,
+                rollbacks,
+                dlq,
+                input,
+                brokers,
+                from_offset,
+                from_time,
+                topic,
+                config,
+                policy,
+                keyring,
+                sampling_key,
+                workers,
+                quiet,
+            } = *a;
+            use bizra::kafka::replay_input::Start;
+            use bizra::replay_audit::{Input, Options, Refused};
+            use std::io::Write;
+            bizra::fatal::install_panic_hook();
+            let start = match (from_offset, from_time) {
+                (Some(n), _) => Start::Offset(n),
+                (None, Some(t)) => Start::TimeMs(
+                    t.parse()
+                        .ok()
+                        .or_else(|| bizra_dataflows::decode::parse_rfc3339_ms(&t))
+                        .with_context(|| format!("--from-time: expected RFC 3339 or ms, found {t:?}"))?,
+                ),
+                (None, None) => Start::Earliest,
+            };
+            let input = match (input, brokers) {
+                (Some(path), _) => Input::File(path),
+                (None, Some(brokers)) => Input::Kafka { brokers, start },
+                (None, None) => unreachable!("clap requires --input or --brokers"),
+            };
+            let opts = Options {
+                commitments,
+                verdicts,
+                rollbacks,
+                dlq,
+                input,
+                topic,
+                config,
+                policy,
+                keyring,
+                sampling_key,
+                workers,
+                quiet,
+            };
+            // The comparison writes from a thread of its own: not through this thread's lock.
+            drop(out);
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            let result = bizra::replay_audit::replay(&opts, &mut out);
+            out.flush()?;
+            match result {
+                Ok(report) => {
+                    writeln!(out, "{}", report.summary())?;
+                    writeln!(out, "{}", report.rate())?;
+                    out.flush()?;
+                    !report.failed()
+                }
+                Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                    eprintln!("bizra: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+                Err(e) => return Err(e),
+            }
         }
     };
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })

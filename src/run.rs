@@ -42,8 +42,14 @@ use bizra_dataflows::stats::WindowStats;
 
 /// Where records come from.
 pub enum Source {
-    Gen { count: u64, generator: Arc<Generator> },
+    Gen {
+        count: u64,
+        generator: Arc<Generator>,
+    },
     Lines(InputSpec),
+    /// Raw records from a reader of the caller's (`bizra audit replay`'s range of the input
+    /// topic), read like `Lines` by worker 0 of process 0.
+    Records(ChunkReceiver),
 }
 
 /// Timely's process layout.
@@ -448,7 +454,7 @@ pub fn run(
     // process share its byte budget.
     let readers = match &source {
         Source::Gen { .. } => cluster.workers,
-        Source::Lines(_) => 1,
+        Source::Lines(_) | Source::Records(_) => 1,
     };
     let budget = pacing.max_inflight_bytes / readers;
 
@@ -480,20 +486,21 @@ pub fn run(
     senders[CHECKPOINT as usize] = tx;
     handles.extend(h);
     let data_dir = outputs.data_dir;
-    let (reader_rx, reader_handle) = match &source {
+    let (count, generator) = match &source {
+        Source::Gen { count, generator } => (Some(*count), Some(generator.clone())),
+        Source::Lines(_) | Source::Records(_) => (None, None),
+    };
+    let (reader_rx, reader_handle) = match source {
         Source::Lines(spec) if is_first_process => {
             // A chunk is an epoch: a sixteenth of the budget lets several be in flight.
             let chunk_bytes = (budget / 16).max(1);
-            let (rx, h) = spawn_reader(spec.clone(), cfg.max_message_bytes, epoch_records, chunk_bytes)?;
+            let (rx, h) = spawn_reader(spec, cfg.max_message_bytes, epoch_records, chunk_bytes)?;
             (Some(rx), Some(h))
         }
+        Source::Records(rx) if is_first_process => (Some(rx), None),
         _ => (None, None),
     };
     let reader_rx = Arc::new(Mutex::new(reader_rx));
-    let (count, generator) = match &source {
-        Source::Gen { count, generator } => (Some(*count), Some(generator.clone())),
-        Source::Lines(_) => (None, None),
-    };
     let summaries = Arc::new(Mutex::new(Vec::<Summary>::new()));
     let senders = Arc::new(Mutex::new(senders));
 

@@ -15,6 +15,7 @@ mod kafka_faults;
 mod log_audit;
 mod merkle_vectors;
 mod proxy;
+mod replay_audit;
 mod restarts;
 mod sign;
 mod state;

@@ -21,6 +21,7 @@ pub mod breaker;
 pub mod chains;
 pub mod offsets;
 pub mod replay;
+pub mod replay_input;
 pub mod sink;
 pub mod source;
 

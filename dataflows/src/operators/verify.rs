@@ -15,7 +15,8 @@
 //! timely::example(|scope| {
 //!     let none: Vec<bizra_dataflows::record::Scored> = Vec::new();
 //!     let key = bizra_dataflows::verification::sampling::SampleKey::from_secret(&[0; 32]);
-//!     verify(none.to_stream(scope).container::<Vec<_>>(), VerifyConfig::default(), Arc::new(Keyring::new()), key, None, None)
+//!     let chains = Arc::default(); // every shard starts a new chain
+//!     verify(none.to_stream(scope).container::<Vec<_>>(), VerifyConfig::default(), Arc::new(Keyring::new()), key, None, chains, None)
 //!         .inspect(|event| panic!("no input, no output: {event:?}"));
 //! });
 //! ```

@@ -16,7 +16,6 @@ use bizra_dataflows::verification::tlog::Frontier;
 use ed25519_dalek::VerifyingKey;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaConfig;
 
@@ -130,51 +129,25 @@ fn read_range(
     timeout: Duration,
 ) -> anyhow::Result<Vec<(Commitment, Frontier)>> {
     let mut out = Vec::new();
-    if from >= to {
-        return Ok(out);
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
-    consumer.assign(&tpl)?;
-    let mut last_progress = Instant::now();
-    let mut next = from;
-    while next < to {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                next = m.offset() + 1;
-                if m.offset() >= to {
-                    break;
-                }
-                let at = || format!("{topic} partition {partition} offset {}", m.offset());
-                let Ok(c) = serde_json::from_slice::<Commitment>(m.payload().unwrap_or_default()) else {
-                    continue;
-                };
-                if c.run != run {
-                    continue;
-                }
-                let header = m
-                    .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == LOG_HEADER))
-                    .and_then(|h| h.value);
-                let Some(log) = header.and_then(|b| Frontier::from_bytes(b).ok()) else {
-                    bail!(
-                        "{}: a commitment of this deployment without a valid {LOG_HEADER} header",
-                        at()
-                    );
-                };
-                out.push((c, log));
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(e).with_context(|| format!("reading {topic}")),
-            None if last_progress.elapsed() > timeout => {
-                bail!(
-                    "reading {topic} partition {partition} from offset {next}: no record within {} ms",
-                    timeout.as_millis()
-                )
-            }
-            None => {}
+    super::replay::read_partition(consumer, topic, partition, from, to, timeout, |m| {
+        let Ok(c) = serde_json::from_slice::<Commitment>(m.payload().unwrap_or_default()) else {
+            return Ok(());
+        };
+        if c.run != run {
+            return Ok(());
         }
-    }
+        let header = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == LOG_HEADER))
+            .and_then(|h| h.value);
+        let Some(log) = header.and_then(|b| Frontier::from_bytes(b).ok()) else {
+            bail!(
+                "{topic} partition {partition} offset {}: a commitment of this deployment without a valid {LOG_HEADER} header",
+                m.offset()
+            );
+        };
+        out.push((c, log));
+        Ok(())
+    })?;
     Ok(out)
 }

@@ -12,7 +12,7 @@ use bizra_dataflows::verification::batcher::Restored;
 use bizra_dataflows::verification::replay_log::{restore, restore_start, ReplayRecord};
 use bizra_dataflows::verification::sampling::SampleKey;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaConfig;
@@ -109,11 +109,32 @@ fn read_range(
     timeout: Duration,
 ) -> anyhow::Result<Vec<(i64, ReplayRecord)>> {
     let mut out = Vec::new();
+    read_partition(consumer, topic, 0, from, to, timeout, |m| {
+        let r = ReplayRecord::decode(m.payload().unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("{topic} offset {}: not a replay-log record: {e}", m.offset()))?;
+        out.push((m.offset(), r));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Hands each message at offsets `[from, to)` of one partition of `topic` to `each`, in
+/// order; an error from `each` ends the read. No message for `timeout` is an error naming
+/// the offset (a broker that stopped answering must not stall a start for ever).
+pub fn read_partition(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    timeout: Duration,
+    mut each: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     if from >= to {
-        return Ok(out);
+        return Ok(());
     }
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Offset(from))?;
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
     consumer.assign(&tpl)?;
     let mut last_progress = Instant::now();
     let mut next = from;
@@ -125,22 +146,18 @@ fn read_range(
                 if m.offset() >= to {
                     break;
                 }
-                let bytes = m.payload().unwrap_or_default();
-                let r = ReplayRecord::decode(bytes).map_err(|e| {
-                    anyhow::anyhow!("{topic} offset {}: not a replay-log record: {e}", m.offset())
-                })?;
-                out.push((m.offset(), r));
+                each(&m)?;
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => return Err(e).with_context(|| format!("reading {topic}")),
             None if last_progress.elapsed() > timeout => {
                 bail!(
-                    "reading {topic} from offset {next}: no record within {} ms",
+                    "reading {topic} partition {partition} from offset {next}: no record within {} ms",
                     timeout.as_millis()
                 )
             }
             None => {}
         }
     }
-    Ok(out)
+    Ok(())
 }

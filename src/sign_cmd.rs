@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -29,6 +29,9 @@ pub enum SignError {
     /// Writing the output failed (a full disk, a closed pipe).
     #[error("{output}: write error")]
     Write { output: String, source: io::Error },
+    /// The output is the input file: creating it would empty the input before it is read.
+    #[error("{}: is both --input and --output; write the signed records to another file", path.display())]
+    SameFile { path: PathBuf },
     /// A line that is not an observation bizra would accept; the lines before it were written.
     #[error("{input}, line {line}: {problem} (stopped here; the lines before it were written)")]
     Record {
@@ -106,6 +109,14 @@ fn uncapped() -> Limits {
     }
 }
 
+/// True when `a` and `b` name one existing file (the same path, a link, `./x` and `x`).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Signs `input` (a path, or `-` for stdin) into `output` (a path, or `-` for stdout), one
 /// record at a time. Returns how many records were signed.
 pub fn sign(signer: &Signer, input: &str, output: &str) -> Result<u64, SignError> {
@@ -122,6 +133,11 @@ pub fn sign(signer: &Signer, input: &str, output: &str) -> Result<u64, SignError
     let (writer, output_name): (Box<dyn Write>, String) = if output == "-" {
         (Box::new(io::stdout().lock()), "stdout".into())
     } else {
+        if let InputSpec::File(path) = &spec {
+            if same_file(path, Path::new(output)) {
+                return Err(SignError::SameFile { path: path.clone() });
+            }
+        }
         let file = File::create(output).map_err(|source| SignError::Open {
             path: output.into(),
             source,
@@ -198,6 +214,22 @@ mod tests {
 
     fn signer() -> Signer {
         Signer::new(SigningKey::from_bytes(&[3; 32]))
+    }
+
+    #[test]
+    fn the_input_file_as_output_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("obs.jsonl");
+        let text = "{\"id\":\"a\",\"data_b64\":\"AA==\"}\n";
+        std::fs::write(&path, text).unwrap();
+        let same = dir.path().join(".").join("obs.jsonl");
+        let err = sign(&signer(), path.to_str().unwrap(), same.to_str().unwrap()).unwrap_err();
+        assert!(matches!(err, SignError::SameFile { .. }), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "the input is untouched"
+        );
     }
 
     #[test]

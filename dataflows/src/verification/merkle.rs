@@ -167,18 +167,20 @@ impl Tree {
     }
 }
 
+/// The largest power of two strictly below `n`, for n ≥ 2: RFC 6962's split point k.
+pub(crate) fn largest_pow2_below(n: usize) -> usize {
+    debug_assert!(n >= 2);
+    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+}
+
+/// RFC 6962 MTH and PATH written recursively, straight from the RFC: the reference the
+/// tests of this file and of `tlog.rs` compare the iterative code with.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod rfc {
+    use super::{empty_root, largest_pow2_below, node_hash, Hash};
 
-    fn leaves(n: usize) -> Vec<Hash> {
-        (0..n)
-            .map(|i| leaf_hash(format!("leaf-{i}").as_bytes()))
-            .collect()
-    }
-
-    /// RFC 6962 MTH written recursively, as the reference for the iterative builder.
-    fn mth(d: &[Hash]) -> Hash {
+    /// MTH(D[n]).
+    pub(crate) fn mth(d: &[Hash]) -> Hash {
         match d.len() {
             0 => empty_root(),
             1 => d[0],
@@ -189,31 +191,33 @@ mod tests {
         }
     }
 
-    /// RFC 6962 PATH written recursively.
-    fn rfc_path(m: usize, d: &[Hash]) -> Vec<Hash> {
-        let n = d.len();
-        if n <= 1 {
+    /// PATH(m, D[n]) (RFC 9162 §2.1.3.1).
+    pub(crate) fn path(m: usize, d: &[Hash]) -> Vec<Hash> {
+        if d.len() <= 1 {
             return Vec::new();
         }
-        let k = largest_pow2_below(n);
-        if m < k {
-            let mut p = rfc_path(m, &d[..k]);
-            p.push(mth(&d[k..]));
-            p
+        let k = largest_pow2_below(d.len());
+        let (mut p, sibling) = if m < k {
+            (path(m, &d[..k]), mth(&d[k..]))
         } else {
-            let mut p = rfc_path(m - k, &d[k..]);
-            p.push(mth(&d[..k]));
-            p
-        }
+            (path(m - k, &d[k..]), mth(&d[..k]))
+        };
+        p.push(sibling);
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaves(n: usize) -> Vec<Hash> {
+        (0..n)
+            .map(|i| leaf_hash(format!("leaf-{i}").as_bytes()))
+            .collect()
     }
 
-    fn largest_pow2_below(n: usize) -> usize {
-        let mut k = 1;
-        while k * 2 < n {
-            k *= 2;
-        }
-        k
-    }
+    use super::rfc::{mth, path as rfc_path};
 
     #[test]
     fn empty_tree_root_is_sha3_of_empty_string() {

@@ -9,7 +9,7 @@
 //! is `MTH(D[a:b])` with `a` aligned to the largest power of two ≤ b − a, which is the perfect
 //! subtrees of b − a's set bits folded from the right: O(log n) reads and hashes, never O(n).
 
-use super::merkle::{self, empty_root, node_hash, Hash};
+use super::merkle::{self, empty_root, largest_pow2_below, node_hash, Hash};
 
 /// A proof that cannot be made, or a frontier that cannot be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -404,12 +404,6 @@ fn fold_right(parts: &[Hash]) -> Option<Hash> {
         .reduce(|right, left| node_hash(&left, &right))
 }
 
-/// The largest power of two strictly below `n`, for n ≥ 2 (the RFC's split point k).
-fn largest_pow2_below(n: usize) -> usize {
-    debug_assert!(n >= 2);
-    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,32 +416,7 @@ mod tests {
             .collect()
     }
 
-    /// RFC 6962 MTH written recursively, the reference for everything below.
-    fn mth(d: &[Hash]) -> Hash {
-        match d.len() {
-            0 => empty_root(),
-            1 => d[0],
-            n => {
-                let k = largest_pow2_below(n);
-                node_hash(&mth(&d[..k]), &mth(&d[k..]))
-            }
-        }
-    }
-
-    /// RFC 9162 §2.1.3.1 PATH, recursively.
-    fn rfc_path(m: usize, d: &[Hash]) -> Vec<Hash> {
-        if d.len() <= 1 {
-            return Vec::new();
-        }
-        let k = largest_pow2_below(d.len());
-        let (mut p, sibling) = if m < k {
-            (rfc_path(m, &d[..k]), mth(&d[k..]))
-        } else {
-            (rfc_path(m - k, &d[k..]), mth(&d[..k]))
-        };
-        p.push(sibling);
-        p
-    }
+    use merkle::rfc::{mth, path as rfc_path};
 
     /// RFC 9162 §2.1.4.1 SUBPROOF, recursively.
     fn rfc_subproof(m: usize, d: &[Hash], complete: bool) -> Vec<Hash> {

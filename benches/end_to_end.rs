@@ -35,6 +35,7 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
         replay: None,
         checkpoints: OutputSpec::Null,
         data_dir: None,
+        verdict_tap: None,
     };
     let cluster = Cluster {
         workers,

@@ -909,6 +909,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 .clone()
                 .map_or(OutputSpec::Discard, OutputSpec::File),
             data_dir: a.data_dir.clone(),
+            verdict_tap: None,
         };
         started.store(true, Ordering::Relaxed);
         run::run(

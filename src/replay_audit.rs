@@ -41,6 +41,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,7 @@ use bizra_dataflows::ethics::Severity;
 use bizra_dataflows::policy::Policy;
 use bizra_dataflows::rollback::Rollback;
 use bizra_dataflows::value::{self, Provenance, ValueAssessment};
-use bizra_dataflows::verdict::Decision;
+use bizra_dataflows::verdict::{Decision, Verdict};
 use bizra_dataflows::verification::commitment::Commitment;
 use bizra_dataflows::verification::leaf::LeafFields;
 use bizra_dataflows::verification::merkle::Hash;
@@ -216,14 +217,6 @@ struct WireValue {
     value: f64,
 }
 
-/// What the value stage made its value from: read again from a recomputed verdict only when
-/// another signature outcome has to be put in.
-#[derive(Deserialize)]
-struct ValueInputs {
-    convergence: Convergence,
-    value: ValueAssessment,
-}
-
 #[derive(Deserialize)]
 struct WireVerification {
     tier: Tier,
@@ -235,7 +228,6 @@ struct WireVerification {
 struct WireEthics {
     overall: f64,
     severity: Severity,
-    permitted: bool,
 }
 
 /// What a verdict's leaf commits to (SPEC §3.1), its decision, and the checks whose outcomes
@@ -272,6 +264,25 @@ impl Fields {
             value: w.value.value,
             clarity: w.convergence.clarity,
             checks: w.verification.checks,
+        })
+    }
+
+    /// The same for a verdict made here; `None` if its `payload_digest` is malformed.
+    fn of_verdict(v: &Verdict) -> Option<Fields> {
+        let mut payload = [0u8; 32];
+        hex::decode_to_slice(v.payload_digest.strip_prefix("sha256:")?, &mut payload).ok()?;
+        Some(Fields {
+            id: v.id.as_str().into(),
+            payload,
+            tier: v.verification.tier,
+            valid: v.verification.valid,
+            severity: v.ethics.severity,
+            permitted: v.permitted,
+            decision: v.decision,
+            overall: v.ethics.overall,
+            value: v.value.value,
+            clarity: v.convergence.clarity,
+            checks: v.verification.checks,
         })
     }
 
@@ -357,12 +368,13 @@ struct Committed {
 }
 
 /// One recomputed verdict, with what it takes to put another verification outcome in.
-struct Recomputed<'l> {
+struct Recomputed<'v> {
     f: Fields,
     batch: BatchRef,
     ethics_permitted: bool,
-    /// Its JSON line, for its [`ValueInputs`].
-    line: &'l [u8],
+    /// What its value was made from.
+    convergence: &'v Convergence,
+    value: &'v ValueAssessment,
 }
 
 /// Where an id was committed, as far as an earlier sighting goes.
@@ -717,9 +729,9 @@ fn parse<'a, T: Deserialize<'a>>(line: &'a [u8]) -> anyhow::Result<T> {
     Ok(serde_json::from_str(std::str::from_utf8(line)?)?)
 }
 
-/// Recomputed verdicts that may wait in memory for the index (about 30,000 verdicts): past
-/// this, the recomputation waits instead.
-const EARLY_BYTES: usize = 64 << 20;
+/// Recomputed verdicts that may wait in memory for the index (about 64 MiB): past this,
+/// the recomputation waits instead.
+const EARLY_VERDICTS: usize = 32 * 1024;
 
 /// How one committed verdict compares with the recomputed one; worse is greater.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -746,70 +758,56 @@ struct Judge<'a> {
     sealed: bool,
     /// Recomputed verdicts that wait for `sealed`: those emitted `sampled_out` (about one
     /// in a hundred of a realistic stream).
-    waiting: Vec<Box<[u8]>>,
+    waiting: Vec<Verdict>,
     report: Report,
     compared: Arc<AtomicU64>,
     out: &'a mut (dyn Write + Send),
 }
 
 impl Judge<'_> {
-    /// Reads the recomputed verdicts from `r` to its end, even after an error (the
-    /// recomputation writes into it), and judges each one; a signature `sampled_out` waits
-    /// for the recomputed rollbacks (see [`Judge::rollbacks_known`]).
+    /// Takes the recomputed verdicts from `rx` to its end, even after an error (the
+    /// recomputation hands them over until it ends), and judges each one; a signature
+    /// `sampled_out` waits for the recomputed rollbacks (see [`Judge::rollbacks_known`]).
     ///
-    /// While `loading` reads the index, up to [`EARLY_BYTES`] of verdicts wait in memory, so
+    /// While `loading` reads the index, up to [`EARLY_VERDICTS`] verdicts wait in memory, so
     /// that the recomputation goes on meanwhile.
     fn read_verdicts(
         &mut self,
-        r: impl std::io::Read,
+        rx: Receiver<Vec<Verdict>>,
         mut loading: Option<std::thread::ScopedJoinHandle<'_, anyhow::Result<Index>>>,
     ) -> anyhow::Result<()> {
-        let mut r = BufReader::with_capacity(1 << 20, r);
-        let mut line = Vec::new();
-        let mut early: Vec<(usize, Box<[u8]>)> = Vec::new();
-        let mut early_bytes = 0;
+        let mut early: Vec<Verdict> = Vec::new();
         let mut first_error = None;
-        for line_no in 1.. {
-            line.clear();
-            if r.read_until(b'\n', &mut line)? == 0 {
-                break;
-            }
-            let text = line.trim_ascii();
-            if first_error.is_some() || text.is_empty() {
+        for v in rx.into_iter().flatten() {
+            if first_error.is_some() {
                 continue;
             }
             if loading
                 .as_ref()
-                .is_some_and(|h| !h.is_finished() && early_bytes < EARLY_BYTES)
+                .is_some_and(|h| !h.is_finished() && early.len() < EARLY_VERDICTS)
             {
-                early_bytes += text.len();
-                early.push((line_no, text.into()));
+                early.push(v);
                 continue;
             }
             if let Some(h) = loading.take() {
-                first_error = self.install_then(joined(h), &early).err();
-                early = Vec::new();
+                first_error = self.install_then(joined(h), std::mem::take(&mut early)).err();
                 if first_error.is_some() {
                     continue;
                 }
             }
-            first_error = self.verdict_line(line_no, text).err();
+            first_error = self.recomputed(v).err();
         }
         if let (Some(h), None) = (loading, &first_error) {
-            first_error = self.install_then(joined(h), &early).err();
+            first_error = self.install_then(joined(h), early).err();
         }
         first_error.map_or(Ok(()), Err)
     }
 
     /// Installs the index read, then judges the verdicts that waited for it.
-    fn install_then(
-        &mut self,
-        index: anyhow::Result<Index>,
-        early: &[(usize, Box<[u8]>)],
-    ) -> anyhow::Result<()> {
+    fn install_then(&mut self, index: anyhow::Result<Index>, early: Vec<Verdict>) -> anyhow::Result<()> {
         self.install(index)?;
-        for (line_no, line) in early {
-            self.verdict_line(*line_no, line)?;
+        for v in early {
+            self.recomputed(v)?;
         }
         Ok(())
     }
@@ -833,26 +831,27 @@ impl Judge<'_> {
             Ok(())
         })?;
         self.sealed = true;
-        for (i, line) in std::mem::take(&mut self.waiting).iter().enumerate() {
-            self.verdict_line(i, line)?;
+        for v in std::mem::take(&mut self.waiting) {
+            self.recomputed(v)?;
         }
         Ok(())
     }
 
-    fn verdict_line(&mut self, line_no: usize, line: &[u8]) -> anyhow::Result<()> {
-        let w: WireVerdict = parse(line).with_context(|| format!("recomputed verdict {line_no}"))?;
-        let (Some(f), Some(input)) = (Fields::of(&w), &w.input) else {
-            anyhow::bail!("recomputed verdict {line_no}: no payload digest or input position");
+    /// Judges one recomputed verdict, or keeps it for later (see [`Judge::waiting`]).
+    fn recomputed(&mut self, v: Verdict) -> anyhow::Result<()> {
+        let (Some(f), Some(input)) = (Fields::of_verdict(&v), &v.input) else {
+            anyhow::bail!("recomputed verdict {}: no payload digest or input position", v.id);
         };
         if f.checks.signature == SignatureCheck::SampledOut && !self.sealed {
-            self.waiting.push(line.into());
+            self.waiting.push(v);
             return Ok(());
         }
         let r = Recomputed {
             f,
-            batch: w.batch,
-            ethics_permitted: w.ethics.permitted,
-            line,
+            batch: v.batch,
+            ethics_permitted: v.ethics.permitted,
+            convergence: &v.convergence,
+            value: &v.value,
         };
         Ok(self.verdict((input.partition, input.offset), &r)?)
     }
@@ -1119,9 +1118,6 @@ impl Judge<'_> {
         let values: Vec<f64> = if verified == was {
             vec![r.f.value]
         } else {
-            let Ok(ValueInputs { convergence, value }) = serde_json::from_slice(r.line) else {
-                return Vec::new();
-            };
             [(false, false), (true, false), (false, true), (true, true)]
                 .into_iter()
                 .filter_map(|(source, attestation)| {
@@ -1131,8 +1127,8 @@ impl Judge<'_> {
                         attestation,
                     };
                     let p = &self.policy.value;
-                    (value::assess(&convergence, with(was), p) == value)
-                        .then(|| value::assess(&convergence, with(verified), p).value)
+                    (value::assess(r.convergence, with(was), p) == *r.value)
+                        .then(|| value::assess(r.convergence, with(verified), p).value)
                 })
                 .collect()
         };
@@ -1343,16 +1339,14 @@ pub fn replay(opts: &Options, out: &mut (dyn Write + Send)) -> anyhow::Result<Re
     if let Some(index) = ready {
         judge.install(Ok(index))?;
     }
-    let stream = VerdictStream::open(&dir.0)?;
-    let (done, read, loaded) = std::thread::scope(|s| {
+    // Chunks of verdicts in flight between the recomputation and the judge.
+    let (tap, recomputed_verdicts) = std::sync::mpsc::sync_channel(16);
+    let (done, read) = std::thread::scope(|s| {
         let loading = (!judge.installed).then(|| s.spawn(load));
         let judging = &mut judge;
-        let (reading, loading) = match stream.reader {
-            Some(r) => (Some(s.spawn(move || judging.read_verdicts(r, loading))), None),
-            None => (None, loading),
-        };
+        let reading = s.spawn(move || judging.read_verdicts(recomputed_verdicts, loading));
         let outputs = Outputs {
-            verdicts: stream.spec,
+            verdicts: OutputSpec::Discard,
             commitments: OutputSpec::Discard,
             dead_letters: OutputSpec::File(dir.0.join("dead.jsonl")),
             stats: OutputSpec::Discard,
@@ -1360,26 +1354,16 @@ pub fn replay(opts: &Options, out: &mut (dyn Write + Send)) -> anyhow::Result<Re
             replay: None,
             checkpoints: OutputSpec::Discard,
             data_dir: None,
+            verdict_tap: Some(tap),
         };
         let done = recompute(
             opts, &cfg, policy, keyring, sample_key, source, outputs, recomputed,
         );
-        drop(stream.writer); // the reader's end of input, now that the recomputation's is closed
-        let read = reading.map(joined);
-        (done, read, loading.map(joined))
+        (done, joined(reading))
     });
     // A refusal first: the policy, or the verdicts file, is not one the leaves can be
     // compared under.
-    match read {
-        Some(read) => read?,
-        None => {
-            if let Some(index) = loaded {
-                judge.install(index)?;
-            }
-            let file = File::open(dir.0.join("verdicts.jsonl")).context("the recomputed verdicts")?;
-            judge.read_verdicts(file, None)?;
-        }
-    }
+    read?;
     done?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "recomputed");
     judge.rollbacks_known(&dir.0.join("rollbacks.jsonl"))?;
@@ -1417,39 +1401,6 @@ fn first_policy_version(path: &Path, topic: Option<&str>) -> anyhow::Result<Opti
         line.clear();
     }
     Ok(None)
-}
-
-/// How the recomputed verdicts reach the comparison: on Unix through a pipe whose write end
-/// the recomputation's verdict writer opens by name (`/dev/fd/N`), so that they are compared
-/// while they are made and never stored (a verdict is about 2 KB); elsewhere through a file
-/// in the work directory, read once the recomputation is done.
-struct VerdictStream {
-    spec: OutputSpec,
-    /// Held until the recomputation is done: the reader sees the end only after that.
-    writer: Option<std::io::PipeWriter>,
-    reader: Option<std::io::PipeReader>,
-}
-
-impl VerdictStream {
-    #[cfg(unix)]
-    fn open(_dir: &Path) -> std::io::Result<VerdictStream> {
-        use std::os::fd::AsRawFd;
-        let (reader, writer) = std::io::pipe()?;
-        Ok(VerdictStream {
-            spec: OutputSpec::File(PathBuf::from(format!("/dev/fd/{}", writer.as_raw_fd()))),
-            writer: Some(writer),
-            reader: Some(reader),
-        })
-    }
-
-    #[cfg(not(unix))]
-    fn open(dir: &Path) -> std::io::Result<VerdictStream> {
-        Ok(VerdictStream {
-            spec: OutputSpec::File(dir.join("verdicts.jsonl")),
-            writer: None,
-            reader: None,
-        })
-    }
 }
 
 /// Runs the decision dataflow over `source` as `bizra run` does in embedded mode, into
@@ -1548,11 +1499,8 @@ mod tests {
                 leaf_index: 0,
             },
             ethics_permitted: true,
-            line: Box::leak(
-                serde_json::to_vec(&serde_json::json!({"convergence": convergence, "value": value}))
-                    .unwrap()
-                    .into_boxed_slice(),
-            ),
+            convergence: Box::leak(Box::new(convergence)),
+            value: Box::leak(Box::new(value)),
         }
     }
 

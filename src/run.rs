@@ -20,7 +20,7 @@ use bizra_dataflows::ethics::Severity;
 use bizra_dataflows::operators::commit::Output;
 use bizra_dataflows::operators::{wall_ms, Structure};
 use bizra_dataflows::pipeline::{self, PipelineConfig, RawRecord};
-use bizra_dataflows::verdict::Decision;
+use bizra_dataflows::verdict::{Decision, Verdict};
 use bizra_dataflows::verification::Tier;
 use bizra_dataflows::wire::write_output;
 use timely::dataflow::channels::pact::Pipeline;
@@ -150,6 +150,10 @@ pub struct Outputs {
     pub checkpoints: OutputSpec,
     /// With `--data-dir`: where each shard's chain stands is kept there (`decision_log.rs`).
     pub data_dir: Option<PathBuf>,
+    /// Verdicts handed over as values, in chunks, instead of written (`bizra audit replay`
+    /// compares them): `verdicts` is then not used. Sizes are checked as for a written
+    /// verdict, so the same verdicts become `output_too_large` dead letters. One process only.
+    pub verdict_tap: Option<SyncSender<Vec<Verdict>>>,
 }
 
 /// Counts for the closing summary.
@@ -312,7 +316,20 @@ struct Outbox {
     /// `limits.max_output_bytes`: a longer verdict is written as an `output_too_large` dead
     /// letter instead.
     max_output_bytes: usize,
+    tap: Option<Tap>,
 }
+
+/// [`Outputs::verdict_tap`] in a worker's outbox.
+struct Tap {
+    tx: SyncSender<Vec<Verdict>>,
+    chunk: Vec<Verdict>,
+    queued: VecDeque<Vec<Verdict>>,
+    /// Where a verdict is serialized to learn its length.
+    scratch: Vec<u8>,
+}
+
+/// Verdicts per chunk handed to the tap.
+const TAP_CHUNK: usize = 512;
 
 const FLUSH_BYTES: usize = 256 * 1024;
 
@@ -330,6 +347,15 @@ impl Outbox {
     /// `max_output_bytes`.
     fn write(&mut self, o: Output) -> Output {
         let kind = kind_of(&o);
+        if let (VERDICT, Some(tap)) = (kind, &mut self.tap) {
+            tap.scratch.clear();
+            let len = write_output(&mut tap.scratch, &o);
+            if len <= self.max_output_bytes {
+                return o;
+            }
+            let dead = too_large(&o, len, self.max_output_bytes);
+            return self.write(dead);
+        }
         if self.senders[kind as usize].is_none() {
             return o;
         }
@@ -348,6 +374,17 @@ impl Outbox {
         buf.truncate(start);
         let dead = too_large(&o, len, self.max_output_bytes);
         self.write(dead)
+    }
+
+    /// Hands a verdict [`Outbox::write`] returned to the tap, if there is one.
+    fn hand_over(&mut self, o: Output) {
+        if let (Some(tap), Output::Verdict(v)) = (&mut self.tap, o) {
+            tap.chunk.push(*v);
+            if tap.chunk.len() >= TAP_CHUNK {
+                let full = std::mem::replace(&mut tap.chunk, Vec::with_capacity(TAP_CHUNK));
+                tap.queued.push_back(full);
+            }
+        }
     }
 
     /// Serializes one checkpoint into the checkpoints buffer.
@@ -384,6 +421,21 @@ impl Outbox {
 
     /// Hands buffered lines to the writers; returns false if a writer is gone.
     fn flush(&mut self, all: bool) -> bool {
+        if let Some(tap) = &mut self.tap {
+            if all && !tap.chunk.is_empty() {
+                tap.queued.push_back(std::mem::take(&mut tap.chunk));
+            }
+            while let Some(chunk) = tap.queued.pop_front() {
+                match tap.tx.try_send(chunk) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(chunk)) => {
+                        tap.queued.push_front(chunk);
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => return false,
+                }
+            }
+        }
         if all {
             for kind in 0..KINDS as u8 {
                 let buf = std::mem::take(&mut self.bufs[kind as usize]);
@@ -409,7 +461,7 @@ impl Outbox {
     }
 
     fn is_idle(&self) -> bool {
-        self.queued.is_empty()
+        self.queued.is_empty() && self.tap.as_ref().is_none_or(|t| t.queued.is_empty())
     }
 }
 
@@ -450,6 +502,9 @@ pub fn run(
     let timely_cfg = cluster.timely_config()?;
     let is_first_process = cluster.process == 0;
     let multi = cluster.processes > 1;
+    if multi && outputs.verdict_tap.is_some() {
+        bail!("a verdict tap needs a single process");
+    }
     // Lines are read by one worker, generated records by every worker: the readers of this
     // process share its byte budget.
     let readers = match &source {
@@ -486,6 +541,7 @@ pub fn run(
     senders[CHECKPOINT as usize] = tx;
     handles.extend(h);
     let data_dir = outputs.data_dir;
+    let tap = Mutex::new(outputs.verdict_tap);
     let (count, generator) = match &source {
         Source::Gen { count, generator } => (Some(*count), Some(generator.clone())),
         Source::Lines(_) | Source::Records(_) => (None, None),
@@ -521,6 +577,12 @@ pub fn run(
             bufs: Default::default(),
             queued: VecDeque::new(),
             max_output_bytes,
+            tap: tap.lock().expect("tap lock").clone().map(|tx| Tap {
+                tx,
+                chunk: Vec::with_capacity(TAP_CHUNK),
+                queued: VecDeque::new(),
+                scratch: Vec::new(),
+            }),
         }));
         let archive = archive.as_ref().map(ArchiveOutbox::from_lanes);
         let is_reader = generator.is_none() && index == 0;
@@ -592,7 +654,12 @@ pub fn run(
                     .exchange(move |e: &(u8, Vec<u8>)| (e.1.len() % threads.max(1)) as u64);
                 sink(encoded, outbox.clone(), |ob, (kind, line)| ob.push(kind, &line)).probe_with(&probe);
             } else {
-                sink(out, outbox.clone(), move |ob, o| count(&ob.write(o))).probe_with(&probe);
+                sink(out, outbox.clone(), move |ob, o| {
+                    let o = ob.write(o);
+                    count(&o);
+                    ob.hand_over(o);
+                })
+                .probe_with(&probe);
             }
         });
 
@@ -733,6 +800,7 @@ pub fn run(
             .push(summary.borrow().clone());
         // Drop the shared originals so the writers see the end once every outbox is gone.
         *senders.lock().expect("senders lock") = Default::default();
+        tap.lock().expect("tap lock").take();
     })
     .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
 

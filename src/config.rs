@@ -51,6 +51,11 @@ pub struct LogConfig {
     /// How often each shard publishes a signed checkpoint of its log (if it grew), besides
     /// the one at a graceful stop.
     pub checkpoint_interval_ms: u64,
+    /// A shard whose newest commitment cannot be read at start goes on from the newest one
+    /// that can (logged) instead of stopping. Set only by `bizra run
+    /// --resume-past-unreadable`, never by a file: it is a one-time decision.
+    #[serde(skip)]
+    pub resume_past_unreadable: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -522,5 +527,26 @@ mod tests {
         std::fs::write(&p, "[kafka.producer_options]\n\"acks\" = \"1\"\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("\"acks\"") && e.contains("delivery guarantee"), "{e}");
+    }
+
+    #[test]
+    fn a_deployment_name_must_be_a_safe_origin_and_the_override_cannot_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let name = |n: &str| format!("[log]\ndeployment = {n:?}\n");
+        for bad in ["", "a b", "a/b", "a\nb", "dépl", &"x".repeat(65)] {
+            std::fs::write(&p, name(bad)).unwrap();
+            let e = Config::load(Some(&p)).unwrap_err().to_string();
+            assert!(e.contains("log.deployment"), "{bad:?}: {e}");
+        }
+        for good in ["bizra", "prod-eu.1_b", &"x".repeat(64)] {
+            std::fs::write(&p, name(good)).unwrap();
+            assert_eq!(Config::load(Some(&p)).unwrap().log.deployment, good);
+        }
+        std::fs::write(&p, "[log]\ncheckpoint_interval_ms = 99\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("checkpoint_interval_ms"), "{e}");
+        std::fs::write(&p, "[log]\nresume_past_unreadable = true\n").unwrap();
+        assert!(Config::load(Some(&p)).is_err(), "only the command line sets it");
     }
 }

@@ -159,7 +159,15 @@ fn shard_file(dir: &Path, shard: u32) -> PathBuf {
 /// Where each shard's chain stands in the data dir (empty on a first run). A torn last line
 /// (a kill during its write) is ignored; any other bad line is an error naming it, and so
 /// is a chain signed by another key than `pk` (a chain continues under one key).
-pub fn load(data_dir: &Path, pk: &VerifyingKey) -> anyhow::Result<BTreeMap<u32, ChainStart>> {
+///
+/// A line that cannot be read (other than a torn last one, whose commitment never reached
+/// a writer) is an error naming it, unless `resume_past_unreadable`: then the chain goes on
+/// from the newest readable line, logged.
+pub fn load(
+    data_dir: &Path,
+    pk: &VerifyingKey,
+    resume_past_unreadable: bool,
+) -> anyhow::Result<BTreeMap<u32, ChainStart>> {
     let dir = state_dir(data_dir);
     let mut out = BTreeMap::new();
     if !dir.is_dir() {
@@ -175,7 +183,7 @@ pub fn load(data_dir: &Path, pk: &VerifyingKey) -> anyhow::Result<BTreeMap<u32, 
         }) else {
             continue;
         };
-        if let Some((start, key)) = load_shard(&path, shard)? {
+        if let Some((start, key)) = load_shard(&path, shard, resume_past_unreadable)? {
             if key != key_id(pk) {
                 bail!(
                     "{}: shard {shard}'s chain was signed by key_id {key}, this node's key is {}: a chain continues under one key (give --signing-key the same key, or start from an empty --data-dir)",
@@ -189,7 +197,11 @@ pub fn load(data_dir: &Path, pk: &VerifyingKey) -> anyhow::Result<BTreeMap<u32, 
     Ok(out)
 }
 
-fn load_shard(path: &Path, shard: u32) -> anyhow::Result<Option<(ChainStart, String)>> {
+fn load_shard(
+    path: &Path,
+    shard: u32,
+    resume_past_unreadable: bool,
+) -> anyhow::Result<Option<(ChainStart, String)>> {
     let f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let lines: Vec<String> = BufReader::new(f)
         .lines()
@@ -206,7 +218,17 @@ fn load_shard(path: &Path, shard: u32) -> anyhow::Result<Option<(ChainStart, Str
             Err(_) if i + 1 == lines.len() => {
                 tracing::warn!(file = %path.display(), "ignoring a torn last line of the log state");
             }
-            Err(e) => bail!("{}:{}: not a log-state line: {e}", path.display(), i + 1),
+            Err(e) if resume_past_unreadable => tracing::warn!(
+                file = %path.display(),
+                line = i + 1,
+                error = %e,
+                "--resume-past-unreadable: the chain goes on past a log-state line that cannot be read"
+            ),
+            Err(e) => bail!(
+                "{}:{}: not a log-state line: {e}; shard {shard}'s chain cannot continue from it. If that line is lost for good, `bizra run --resume-past-unreadable` continues the chain from the newest readable line, which an auditor sees as a gap or fork after it",
+                path.display(),
+                i + 1
+            ),
         }
     }
     Ok(last.map(|(_, s)| s))
@@ -311,9 +333,9 @@ mod tests {
             f.append(c).unwrap();
         }
         let pk = SigningKey::from_bytes(&[5; 32]).verifying_key();
-        let starts = load(dir.path(), &pk).unwrap();
+        let starts = load(dir.path(), &pk, false).unwrap();
         let other = SigningKey::from_bytes(&[6; 32]).verifying_key();
-        let err = load(dir.path(), &other).unwrap_err().to_string();
+        let err = load(dir.path(), &other, false).unwrap_err().to_string();
         assert!(err.contains("continues under one key"), "{err}");
         let s = &starts[&2];
         assert_eq!(s.next_seq, 5);
@@ -330,7 +352,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_line_is_ignored_and_a_bad_middle_line_is_an_error() {
+    fn a_torn_last_line_is_ignored_and_a_bad_middle_line_is_an_error_unless_overridden() {
         let dir = tempfile::tempdir().unwrap();
         let cs = sealed(3);
         let mut f = StateFile::open(dir.path(), 2).unwrap();
@@ -342,10 +364,15 @@ mod tests {
         text.push_str("{\"shard\":2,\"seq\":3,\"mess");
         std::fs::write(&path, &text).unwrap();
         let pk = SigningKey::from_bytes(&[5; 32]).verifying_key();
-        assert_eq!(load(dir.path(), &pk).unwrap()[&2].next_seq, 3);
+        assert_eq!(load(dir.path(), &pk, false).unwrap()[&2].next_seq, 3);
         std::fs::write(&path, format!("garbage\n{text}")).unwrap();
-        let err = load(dir.path(), &pk).unwrap_err().to_string();
+        let err = load(dir.path(), &pk, false).unwrap_err().to_string();
         assert!(err.contains("shard-2.jsonl:1"), "{err}");
+        assert!(err.contains("--resume-past-unreadable"), "{err}");
+        // The override goes on from the newest line that can be read.
+        std::fs::write(&path, format!("{text}\ngarbage\nmore garbage")).unwrap();
+        assert!(load(dir.path(), &pk, false).is_err());
+        assert_eq!(load(dir.path(), &pk, true).unwrap()[&2].next_seq, 3);
     }
 
     #[test]
@@ -359,7 +386,7 @@ mod tests {
         let path = shard_file(&state_dir(dir.path()), 2);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
         let pk = SigningKey::from_bytes(&[5; 32]).verifying_key();
-        assert_eq!(load(dir.path(), &pk).unwrap()[&2].next_seq, 2);
+        assert_eq!(load(dir.path(), &pk, false).unwrap()[&2].next_seq, 2);
     }
 
     #[test]

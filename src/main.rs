@@ -318,6 +318,12 @@ struct RunArgs {
     /// to `kafka.checkpoints_topic`. In a cluster each process writes its own shards'.
     #[arg(long, value_name = "FILE")]
     checkpoints: Option<PathBuf>,
+    /// A shard whose newest commitment cannot be read at start (a damaged record in
+    /// `kafka.commitments_topic`, a damaged line in `--data-dir`) goes on from the newest one
+    /// that can, with a warning, instead of stopping start-up. For once, after deciding that
+    /// record is lost: an auditor sees a gap or fork there.
+    #[arg(long)]
+    resume_past_unreadable: bool,
     /// Worker threads per process.
     #[arg(short = 'w', long, default_value_t = 1)]
     workers: usize,
@@ -724,7 +730,8 @@ fn cmd_verify(c: Command) -> anyhow::Result<ExitCode> {
 
 fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     bizra::fatal::install_panic_hook();
-    let cfg = Config::load(a.config.as_deref())?;
+    let mut cfg = Config::load(a.config.as_deref())?;
+    cfg.log.resume_past_unreadable = a.resume_past_unreadable;
     let nonempty = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
     let policy_path = a.policy.clone().or_else(|| nonempty(&cfg.policy.path));
     let policy = config::load_policy(policy_path.as_deref())?;
@@ -868,7 +875,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             // Each shard's commitment chain continues the last run's (SPEC §3.4).
             let pk = pipeline.signing_key.verifying_key();
             pipeline.chains = Arc::new(
-                bizra::decision_log::load(dir, &pk)
+                bizra::decision_log::load(dir, &pk, a.resume_past_unreadable)
                     .with_context(|| format!("--data-dir {}: the decision log", dir.display()))?,
             );
         }

@@ -354,3 +354,116 @@ fn a_log_left_uncovered_by_a_kill_is_covered_at_the_next_graceful_stop() {
     let (ok, text) = check_log(&c_path, &k_path, &pubkey, None);
     assert!(ok, "{text}");
 }
+
+/// Writes one record with key `key` to `topic` (partition 0).
+fn produce_one(broker: &Broker, topic: &str, key: &str, payload: &[u8]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    p.send(BaseRecord::to(topic).key(key).payload(payload).partition(0))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Runs bizra on the broker until it stops by itself (a refused start) or `ms` pass (then
+/// SIGTERM): its exit status and stderr.
+fn run_for(broker: &Broker, d: &Path, key: &Path, extra: &[&str], ms: u64) -> (bool, String) {
+    let mut c = bin()
+        .env("RUST_LOG", "warn")
+        .args([
+            "run",
+            "-q",
+            "--brokers",
+            &broker.addr(),
+            "-w",
+            "2",
+            "--signing-key",
+        ])
+        .arg(key)
+        .arg("--sampling-key")
+        .arg(sampling_key(d))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_millis(ms);
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            break sigterm(&mut c);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status.success(), err)
+}
+
+/// At start, a shard's newest record in the commitments topic that cannot be read stops
+/// bizra with the record's place and the override; a chain signed by another key stops it
+/// too; `--resume-past-unreadable` goes on from the newest readable commitment, logged.
+#[test]
+fn an_unreadable_newest_commitment_or_another_key_stops_start_up_unless_overridden() {
+    let broker = Broker::start();
+    topics(&broker, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keygen(d);
+    let node = d.join("node.key");
+    let lines = crate::kafka::generated(1_000, 0.0, false);
+    produce(&broker, &lines, 2);
+    let (ok, err) = run_for(&broker, d, &node, &[], 6_000);
+    assert!(ok, "{err}");
+    let before = read_to_end(&broker, "bizra.commitments");
+    let last0 = seqs(&before)[&0].iter().copied().max().unwrap();
+
+    // Another node key: refused, naming both keys.
+    let other = d.join("other.key");
+    bin().args(["keygen", "--out"]).arg(&other).output().unwrap();
+    let (ok, err) = run_for(&broker, d, &other, &[], 60_000);
+    assert!(!ok, "another key must be refused");
+    assert!(err.contains("continue under one key"), "{err}");
+
+    // A damaged record under shard 0's key, newer than its last commitment.
+    // (JSON, so that this test's reader takes it; no commitment.)
+    produce_one(&broker, "bizra.commitments", "0", b"{\"run\":\"damaged\"}");
+    let (ok, err) = run_for(&broker, d, &node, &[], 60_000);
+    assert!(!ok, "a damaged newest commitment must stop start-up");
+    assert!(
+        err.contains("shard 0's newest record cannot be read") && err.contains("--resume-past-unreadable"),
+        "{err}"
+    );
+    assert_eq!(
+        read_to_end(&broker, "bizra.commitments").len(),
+        before.len() + 1,
+        "nothing sealed"
+    );
+
+    // The override: the chain goes on after the newest readable commitment, with a warning.
+    let more = crate::kafka::generated(1_200, 0.0, false)[1_000..].to_vec();
+    produce(&broker, &more, 2);
+    let (ok, err) = run_for(&broker, d, &node, &["--resume-past-unreadable"], 6_000);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("--resume-past-unreadable"),
+        "the override is logged: {err}"
+    );
+    let after: Vec<Value> = read_to_end(&broker, "bizra.commitments")
+        .into_iter()
+        .filter(|c| c.get("seq").is_some())
+        .collect();
+    let s0 = &seqs(&after)[&0];
+    assert!(
+        s0.contains(&(last0 + 1)),
+        "shard 0 went on at {}: {s0:?}",
+        last0 + 1
+    );
+    let distinct: std::collections::BTreeSet<u64> = s0.iter().copied().collect();
+    assert_eq!(distinct.len(), s0.len(), "no seq of shard 0 twice: {s0:?}");
+}

@@ -4,7 +4,12 @@
 //! (or the topic's start is reached: a shard never seen starts at seq 0). The log frontier
 //! after each commitment travels in its `bizra.log` header (`sink.rs`), so nothing older is
 //! needed. A chain signed by another key than this node's is fatal: a deployment's chains
-//! continue under one key. This file only reads, and blocks (never call it on a worker).
+//! continue under one key. A shard whose newest record cannot be read (a payload that is no
+//! commitment under the shard's key, or this deployment's commitment without its header) is
+//! a clear error: the chain would otherwise go on from an older commitment and fork. Only
+//! `resume_past_unreadable` (`bizra run --resume-past-unreadable`, a one-time decision)
+//! lets it go on from the newest readable one, logged. This file only reads, and blocks
+//! (never call it on a worker).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -33,6 +38,7 @@ pub fn load(
     run: &str,
     shards: std::ops::Range<u32>,
     pk: &VerifyingKey,
+    resume_past_unreadable: bool,
 ) -> anyhow::Result<BTreeMap<u32, ChainStart>> {
     let started = Instant::now();
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
@@ -66,17 +72,30 @@ pub fn load(
             .with_context(|| format!("reading the offsets of {topic} partition {p}"))?;
         ranges.push((*p, low, high));
     }
-    let mut found: BTreeMap<u32, (Commitment, Frontier)> = BTreeMap::new();
+    let mut found: BTreeMap<u32, (Commitment, Frontier, Place)> = BTreeMap::new();
     let wanted: BTreeSet<u32> = shards.collect();
+    // Per shard, the newest record under its key that could not be read.
+    let mut unreadable: BTreeMap<u32, Unreadable> = BTreeMap::new();
     let mut step = FIRST_STEP;
     let mut read = 0u64;
     while ranges.iter().any(|(_, low, to)| to > low) && !wanted.iter().all(|s| found.contains_key(s)) {
         for (p, low, to) in ranges.iter_mut() {
             let from = (*to - step).max(*low);
-            for (c, log) in read_range(consumer, topic, *p, from, *to, run, timeout)? {
+            for r in read_range(consumer, topic, *p, from, *to, run, timeout)? {
                 read += 1;
-                if found.get(&c.shard).is_none_or(|(f, _)| c.seq > f.seq) {
-                    found.insert(c.shard, (c, log));
+                match r {
+                    Read::Commitment(found_one) => {
+                        let (c, log, at) = *found_one;
+                        if found.get(&c.shard).is_none_or(|(f, _, _)| c.seq > f.seq) {
+                            found.insert(c.shard, (c, log, at));
+                        }
+                    }
+                    Read::Unreadable(shard, u) if wanted.contains(&shard) => {
+                        if unreadable.get(&shard).is_none_or(|o| u.at.1 > o.at.1) {
+                            unreadable.insert(shard, u);
+                        }
+                    }
+                    Read::Unreadable(..) => {}
                 }
             }
             *to = from;
@@ -92,8 +111,39 @@ pub fn load(
             );
         }
     }
+    // An unreadable record matters unless a readable commitment of the shard is newer (later
+    // in the same partition: a shard's key keeps it in one partition).
+    for (shard, u) in unreadable {
+        let newer = found
+            .get(&shard)
+            .is_some_and(|(_, _, at)| at.0 == u.at.0 && at.1 > u.at.1);
+        if newer {
+            continue;
+        }
+        let resumes = match found.get(&shard) {
+            Some((c, _, at)) => format!("seq {} (partition {} offset {})", c.seq + 1, at.0, at.1),
+            None => "seq 0 (no readable commitment of it)".to_owned(),
+        };
+        if !resume_past_unreadable {
+            bail!(
+                "kafka.commitments_topic {topic} partition {} offset {}: shard {shard}'s newest record cannot be read ({}); its chain cannot continue from it. If that record is lost for good, `bizra run --resume-past-unreadable` continues the chain at {resumes}, which an auditor sees as a gap or fork there",
+                u.at.0,
+                u.at.1,
+                u.why
+            );
+        }
+        tracing::warn!(
+            topic = %topic,
+            shard,
+            partition = u.at.0,
+            offset = u.at.1,
+            why = %u.why,
+            resumes = %resumes,
+            "--resume-past-unreadable: the chain goes on past a record that cannot be read"
+        );
+    }
     let mut out = BTreeMap::new();
-    for (shard, (c, log)) in found.into_iter().filter(|(s, _)| wanted.contains(s)) {
+    for (shard, (c, log, _)) in found.into_iter().filter(|(s, _)| wanted.contains(s)) {
         if c.key_id != key_id(pk) {
             bail!(
                 "kafka.commitments_topic {topic}: shard {shard}'s chain (deployment run {run}) was signed by key_id {}, this node's key is {}: a deployment's chains continue under one key (keys.signing_key_path); to change keys, start a new deployment (log.deployment)",
@@ -115,10 +165,27 @@ pub fn load(
     Ok(out)
 }
 
-/// The commitments of deployment `run` at offsets `[from, to)` of one partition, each with
-/// the log frontier of its header. A record of this run that does not decode is an error:
-/// the topic is bizra's own; other runs' records (other deployments, older versions) are
-/// skipped.
+/// (partition, offset) of a record.
+type Place = (i32, i64);
+
+/// A record under a shard's key that is not a readable commitment.
+struct Unreadable {
+    at: Place,
+    why: String,
+}
+
+/// One record of the commitments topic that concerns deployment `run`.
+enum Read {
+    Commitment(Box<(Commitment, Frontier, Place)>),
+    /// Keyed by this shard (as bizra keys commitments), and not a readable commitment of
+    /// another deployment.
+    Unreadable(u32, Unreadable),
+}
+
+/// The records of deployment `run` at offsets `[from, to)` of one partition: its
+/// commitments, each with the log frontier of its header, and what cannot be read. Other
+/// deployments' commitments (and records under no shard key) are skipped: the topic may be
+/// shared.
 fn read_range(
     consumer: &BaseConsumer,
     topic: &str,
@@ -127,26 +194,36 @@ fn read_range(
     to: i64,
     run: &str,
     timeout: Duration,
-) -> anyhow::Result<Vec<(Commitment, Frontier)>> {
+) -> anyhow::Result<Vec<Read>> {
     let mut out = Vec::new();
     super::replay::read_partition(consumer, topic, partition, from, to, timeout, |m| {
-        let Ok(c) = serde_json::from_slice::<Commitment>(m.payload().unwrap_or_default()) else {
-            return Ok(());
+        let at = (partition, m.offset());
+        let keyed = || std::str::from_utf8(m.key()?).ok()?.parse::<u32>().ok();
+        let c = match serde_json::from_slice::<Commitment>(m.payload().unwrap_or_default()) {
+            Ok(c) if c.run != run => return Ok(()),
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(shard) = keyed() {
+                    let why = format!("not a commitment: {e}");
+                    out.push(Read::Unreadable(shard, Unreadable { at, why }));
+                }
+                return Ok(());
+            }
         };
-        if c.run != run {
-            return Ok(());
-        }
         let header = m
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == LOG_HEADER))
             .and_then(|h| h.value);
-        let Some(log) = header.and_then(|b| Frontier::from_bytes(b).ok()) else {
-            bail!(
-                "{topic} partition {partition} offset {}: a commitment of this deployment without a valid {LOG_HEADER} header",
-                m.offset()
-            );
-        };
-        out.push((c, log));
+        match header.map(Frontier::from_bytes) {
+            Some(Ok(log)) => out.push(Read::Commitment(Box::new((c, log, at)))),
+            bad => {
+                let why = match bad {
+                    Some(Err(e)) => format!("its {LOG_HEADER} header is not a log frontier: {e}"),
+                    _ => format!("a commitment without its {LOG_HEADER} header"),
+                };
+                out.push(Read::Unreadable(c.shard, Unreadable { at, why }));
+            }
+        }
         Ok(())
     })?;
     Ok(out)

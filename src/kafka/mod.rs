@@ -234,6 +234,7 @@ pub fn run(
         &run_hex,
         first..first + cluster.workers as u32,
         &pk,
+        log.resume_past_unreadable,
     )?);
     drop(restorer);
     let partitions = source::watch_partitions(&kafka, initial)?;

@@ -134,6 +134,10 @@ enum Command {
         /// only once older.
         #[arg(long, value_name = "MS", default_value_t = 60_000)]
         grace_ms: u64,
+        /// With --follow: what was judged and arrived longer ago than this is dropped, so
+        /// memory stays about 300 bytes × verdicts per second × this. At least --grace-ms.
+        #[arg(long, value_name = "MS", default_value_t = 120_000, requires = "follow")]
+        retain_ms: u64,
     },
 }
 
@@ -660,6 +664,7 @@ fn cmd_verify(c: Command) -> anyhow::Result<ExitCode> {
         follow,
         http,
         grace_ms,
+        retain_ms,
     } = c
     else {
         unreachable!("cmd_verify is called with Command::Verify")
@@ -682,6 +687,11 @@ fn cmd_verify(c: Command) -> anyhow::Result<ExitCode> {
     if !bizra_dataflows::verification::checkpoint::valid_deployment_name(&deployment) {
         return usage(format!(
             "--deployment: expected a name without spaces or '+', found {deployment:?}"
+        ));
+    }
+    if retain_ms < grace_ms {
+        return usage(format!(
+            "--retain-ms ({retain_ms}) must be at least --grace-ms ({grace_ms}): what is still being judged cannot be dropped"
         ));
     }
     if follow && brokers.is_none() {
@@ -710,6 +720,7 @@ fn cmd_verify(c: Command) -> anyhow::Result<ExitCode> {
                 deployment,
                 coverage: true,
                 grace_ms: Some(grace_ms),
+                retain_ms: follow.then_some(retain_ms),
             };
             let opts = kafka::Options {
                 follow,

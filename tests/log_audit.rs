@@ -136,7 +136,7 @@ fn a_restarted_deployments_history_passes_and_each_cut_or_edit_fails() {
         "{text}"
     );
     assert!(
-        !summary.contains("(0 consistency proofs)"),
+        !summary.contains("(0 consistency checks)"),
         "the second run's checkpoints extend the first's: {summary}"
     );
     // The second run alone: its chains start past 0, as after a topic's retention. That

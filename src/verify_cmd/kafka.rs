@@ -222,13 +222,16 @@ fn partitions(
 
 /// Decodes one record and hands it to the auditor.
 fn feed(auditor: &mut Auditor, kind: Kind, m: &BorrowedMessage) {
+    // The record's timestamp, never later than now: a clock running ahead must not keep
+    // it young (unjudged, never retired) for ever.
+    let now = now_ms();
     let seen = Seen {
         at: format!("{}/{}@{}", m.topic(), m.partition(), m.offset()),
         ms: m
             .timestamp()
             .to_millis()
             .and_then(|t| u64::try_from(t).ok())
-            .unwrap_or_else(now_ms),
+            .map_or(now, |t| t.min(now)),
     };
     let bytes = m.payload().unwrap_or_default();
     match kind {

@@ -37,12 +37,7 @@ fn once(workers: usize, count: u64, gen: GenConfig) {
         data_dir: None,
         verdict_tap: None,
     };
-    let cluster = Cluster {
-        workers,
-        processes: 1,
-        process: 0,
-        hostfile: None,
-    };
+    let cluster = Cluster::local(workers);
     let source = Source::Gen {
         count,
         generator: Arc::new(g),

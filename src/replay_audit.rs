@@ -1346,15 +1346,10 @@ pub fn replay(opts: &Options, out: &mut (dyn Write + Send)) -> anyhow::Result<Re
         let judging = &mut judge;
         let reading = s.spawn(move || judging.read_verdicts(recomputed_verdicts, loading));
         let outputs = Outputs {
-            verdicts: OutputSpec::Discard,
-            commitments: OutputSpec::Discard,
             dead_letters: OutputSpec::File(dir.0.join("dead.jsonl")),
-            stats: OutputSpec::Discard,
             rollbacks: OutputSpec::File(dir.0.join("rollbacks.jsonl")),
-            replay: None,
-            checkpoints: OutputSpec::Discard,
-            data_dir: None,
             verdict_tap: Some(tap),
+            ..Outputs::discard()
         };
         let done = recompute(
             opts, &cfg, policy, keyring, sample_key, source, outputs, recomputed,
@@ -1432,12 +1427,7 @@ fn recompute(
         log: cfg.log.clone(),
         checkpoints: Default::default(),
     };
-    let cluster = Cluster {
-        workers: opts.workers.max(1),
-        processes: 1,
-        process: 0,
-        hostfile: None,
-    };
+    let cluster = Cluster::local(opts.workers);
     run::run(
         cluster,
         pipeline,

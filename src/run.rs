@@ -62,6 +62,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// One process of `workers` threads (at least one).
+    pub fn local(workers: usize) -> Cluster {
+        Cluster {
+            workers: workers.max(1),
+            processes: 1,
+            process: 0,
+            hostfile: None,
+        }
+    }
+
     /// With several processes: a watchdog that halts the process if the cluster has not
     /// formed (every worker running) within `timeout_ms`. Timely connects the processes
     /// before any worker runs and waits for a missing peer for ever; the workers set the
@@ -154,6 +164,23 @@ pub struct Outputs {
     /// compares them): `verdicts` is then not used. Sizes are checked as for a written
     /// verdict, so the same verdicts become `output_too_large` dead letters. One process only.
     pub verdict_tap: Option<SyncSender<Vec<Verdict>>>,
+}
+
+impl Outputs {
+    /// Every output counted, none written: start from this and set what is wanted.
+    pub fn discard() -> Outputs {
+        Outputs {
+            verdicts: OutputSpec::Discard,
+            commitments: OutputSpec::Discard,
+            dead_letters: OutputSpec::Discard,
+            stats: OutputSpec::Discard,
+            rollbacks: OutputSpec::Discard,
+            replay: None,
+            checkpoints: OutputSpec::Discard,
+            data_dir: None,
+            verdict_tap: None,
+        }
+    }
 }
 
 /// Counts for the closing summary.

@@ -28,14 +28,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (the same in v2 and v3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed memory is returned to the OS only after it stayed unused this long. mimalloc's
-/// 10 ms default makes the steady churn of records fault fresh pages in over and over
-/// (measured: ~20 % of a worker's time in page zeroing); RSS stays bounded by the in-flight
-/// limit either way. `MIMALLOC_PURGE_DELAY` in the environment still wins.
+/// Freed memory is returned to the OS only after it stayed unused this long (10 s, the
+/// decay jemalloc uses). mimalloc's 10 ms default, and still 1 s, make the steady churn of
+/// records fault fresh (transparent huge) pages in over and over: at 1 s, ~16,000 page
+/// faults and ~18 % of the CPU zeroing pages in a 400,000-record run, against ~750 faults at
+/// 10 s, for 0.90× the CPU (docs/BENCHMARKS.md, issue 16). RSS stays bounded by the in-flight
+/// byte budget either way; memory still goes back ten seconds after a burst.
+/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a process-wide integer option; no pointers are involved.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
     }
 }
 

@@ -726,9 +726,7 @@ impl<'k> Auditor<'k> {
 
     /// True if shard `shard`'s commitment `seq` may have been judged and dropped.
     fn retired(&self, shard: u32, seq: u64) -> bool {
-        self.logs
-            .iter()
-            .any(|((_, s), log)| *s == shard && seq < log.retired)
+        is_retired(&self.logs, shard, seq)
     }
 
     /// Following: drops what was judged and arrived more than `retain_ms` ago.
@@ -748,8 +746,7 @@ impl<'k> Auditor<'k> {
             log.retire(floor, &stale, &mut self.out);
         }
         let logs = &self.logs;
-        let retired =
-            |shard: u32, seq: u64| logs.iter().any(|((_, s), log)| *s == shard && seq < log.retired);
+        let retired = |shard: u32, seq: u64| is_retired(logs, shard, seq);
         self.batches.retain(|&(shard, seq), bs| {
             bs.retain(|b| !(stale(b.ms) && retired(shard, seq)));
             !bs.is_empty()
@@ -1211,6 +1208,12 @@ impl ShardLog {
             ));
         }
     }
+}
+
+/// True if shard `shard`'s commitment `seq` may have been judged and dropped (a batch's key
+/// names no run: any log of the shard counts).
+fn is_retired(logs: &BTreeMap<(String, u32), ShardLog>, shard: u32, seq: u64) -> bool {
+    logs.iter().any(|((_, s), log)| *s == shard && seq < log.retired)
 }
 
 /// The ranges of seqs in `from..to` that `entries` lacks, inclusive.

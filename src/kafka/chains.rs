@@ -22,6 +22,7 @@ use ed25519_dalek::VerifyingKey;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 
+use super::replay::topic_partitions;
 use super::KafkaConfig;
 
 /// The Kafka header that carries the log frontier after a commitment (`Frontier::to_bytes`).
@@ -43,25 +44,12 @@ pub fn load(
     let started = Instant::now();
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
     let topic = &cfg.commitments_topic;
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("reading the metadata of kafka.commitments_topic {topic}"))?;
-    let partitions: Vec<i32> = match md.topics().iter().find(|t| t.name() == topic.as_str()) {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-            t.partitions().iter().map(|p| p.id()).collect()
-        }
-        _ => bail!("kafka.commitments_topic {topic} does not exist: create it with the other topics"),
+    let Some(partitions) = topic_partitions(consumer, "kafka.commitments_topic", topic, timeout)? else {
+        bail!("kafka.commitments_topic {topic} does not exist: create it with the other topics");
     };
     // Checkpoints go to their own topic: missing, they would be lost one by one.
     let cp = &cfg.checkpoints_topic;
-    let md = consumer
-        .fetch_metadata(Some(cp), timeout)
-        .with_context(|| format!("reading the metadata of kafka.checkpoints_topic {cp}"))?;
-    if !md
-        .topics()
-        .iter()
-        .any(|t| t.name() == cp.as_str() && t.error().is_none() && !t.partitions().is_empty())
-    {
+    if topic_partitions(consumer, "kafka.checkpoints_topic", cp, timeout)?.is_none() {
         bail!("kafka.checkpoints_topic {cp} does not exist: create it with the other topics");
     }
     // Per partition: [low, next unread offset going back).

@@ -33,6 +33,38 @@ pub fn restore_consumer(cfg: &KafkaConfig) -> anyhow::Result<BaseConsumer> {
         .context("creating the Kafka client that restores the replay state and the chains")
 }
 
+/// The client of an offline reader (`bizra verify`, `bizra audit replay`): reads by `assign`
+/// only, under a group of its own (`bizra-<tool>-<pid>`) that it never commits.
+pub fn reader_consumer(cfg: &KafkaConfig, tool: &str) -> anyhow::Result<BaseConsumer> {
+    cfg.with_options(cfg.client_config(), false)
+        .set(
+            "group.id",
+            format!("bizra-{}-{}", tool.replace(' ', "-"), std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .with_context(|| format!("creating the Kafka client of bizra {tool}"))
+}
+
+/// The partitions of `topic` (config key `key`, for the error), or `None` if the broker does
+/// not have it (no partitions, or an error for it).
+pub fn topic_partitions(
+    consumer: &BaseConsumer,
+    key: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<Vec<i32>>> {
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of {key} {topic}"))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect()))
+}
+
 /// Records read in the first step back from the end; each further step doubles it.
 const FIRST_STEP: i64 = 1024;
 
@@ -47,14 +79,10 @@ pub fn load(
     let started = Instant::now();
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
     let topic = &cfg.replay_topic;
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("reading the metadata of kafka.replay_topic {topic}"))?;
-    match md.topics().iter().find(|t| t.name() == topic.as_str()) {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {}
-        _ => bail!(
+    if topic_partitions(consumer, "kafka.replay_topic", topic, timeout)?.is_none() {
+        bail!(
             "kafka.replay_topic {topic} does not exist: create it with the other topics (1 partition; size-based retention of at least 4 replay windows, see README)"
-        ),
+        );
     }
     let (low, high) = consumer
         .fetch_watermarks(topic, 0, timeout)

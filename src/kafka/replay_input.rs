@@ -49,23 +49,13 @@ impl Plan {
     /// Connects, and fixes the range: each partition of `cfg.input_topic` from `start` to its
     /// high watermark now.
     pub fn resolve(cfg: &KafkaConfig, start: Start) -> anyhow::Result<Plan> {
-        let consumer: BaseConsumer = cfg
-            .with_options(cfg.client_config(), false)
-            .set("group.id", format!("bizra-audit-replay-{}", std::process::id()))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .context("creating the Kafka client of bizra audit replay")?;
+        let consumer = super::replay::reader_consumer(cfg, "audit replay")?;
         let timeout = Duration::from_millis(cfg.connect_timeout_ms);
         let topic = cfg.input_topic.clone();
-        let md = consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .with_context(|| format!("reading the metadata of kafka.input_topic {topic}"))?;
-        let partitions: Vec<i32> = match md.topics().iter().find(|t| t.name() == topic) {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                t.partitions().iter().map(|p| p.id()).collect()
-            }
-            _ => bail!("kafka.input_topic {topic} does not exist on {}", cfg.brokers),
+        let Some(partitions) =
+            super::replay::topic_partitions(&consumer, "kafka.input_topic", &topic, timeout)?
+        else {
+            bail!("kafka.input_topic {topic} does not exist on {}", cfg.brokers);
         };
         let mut watermarks = BTreeMap::new();
         for &p in &partitions {

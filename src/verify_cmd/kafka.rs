@@ -100,13 +100,7 @@ pub fn audit(
     follow: Option<Follow>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = cfg
-        .with_options(cfg.client_config(), false)
-        .set("group.id", format!("bizra-verify-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .context("creating the Kafka client of bizra verify")?;
+    let consumer = crate::kafka::replay::reader_consumer(cfg, "verify")?;
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
     let topics = [
         (Kind::Verdict, "kafka.verdicts_topic", &cfg.verdicts_topic),
@@ -209,14 +203,9 @@ fn partitions(
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<Vec<i32>> {
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("reading the metadata of {key} {topic}"))?;
-    match md.topics().iter().find(|t| t.name() == topic) {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-            Ok(t.partitions().iter().map(|p| p.id()).collect())
-        }
-        _ => bail!("{key} {topic} does not exist: bizra verify reads it (create the topics before the first start, README \"Kafka mode\")"),
+    match crate::kafka::replay::topic_partitions(consumer, key, topic, timeout)? {
+        Some(partitions) => Ok(partitions),
+        None => bail!("{key} {topic} does not exist: bizra verify reads it (create the topics before the first start, README \"Kafka mode\")"),
     }
 }
 

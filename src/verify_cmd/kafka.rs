@@ -211,16 +211,9 @@ fn partitions(
 
 /// Decodes one record and hands it to the auditor.
 fn feed(auditor: &mut Auditor, kind: Kind, m: &BorrowedMessage) {
-    // The record's timestamp, never later than now: a clock running ahead must not keep
-    // it young (unjudged, never retired) for ever.
-    let now = now_ms();
     let seen = Seen {
         at: format!("{}/{}@{}", m.topic(), m.partition(), m.offset()),
-        ms: m
-            .timestamp()
-            .to_millis()
-            .and_then(|t| u64::try_from(t).ok())
-            .map_or(now, |t| t.min(now)),
+        ms: arrival_ms(m.timestamp().to_millis(), now_ms()),
     };
     let bytes = m.payload().unwrap_or_default();
     match kind {
@@ -243,9 +236,33 @@ fn feed(auditor: &mut Auditor, kind: Kind, m: &BorrowedMessage) {
     }
 }
 
+/// A record's arrival time: its Kafka timestamp, never later than `now` (a producer clock
+/// running ahead must not keep it young, unjudged and never retired, for ever); `now` if it
+/// has none or a negative one.
+fn arrival_ms(timestamp: Option<i64>, now: u64) -> u64 {
+    timestamp
+        .and_then(|t| u64::try_from(t).ok())
+        .map_or(now, |t| t.min(now))
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arrival_ms;
+
+    #[test]
+    fn an_arrival_time_is_the_timestamp_clamped_to_now() {
+        let now = 1_700_000_000_000;
+        assert_eq!(arrival_ms(Some(1_600_000_000_000), now), 1_600_000_000_000);
+        // Dated 9999-12-31 by a producer: it arrived now, not in the future.
+        assert_eq!(arrival_ms(Some(253_402_300_799_000), now), now);
+        assert_eq!(arrival_ms(Some(-5), now), now);
+        assert_eq!(arrival_ms(None, now), now);
+    }
 }

@@ -36,8 +36,14 @@
 //! 6. Latency: a fresh topic is fed at half of bizra's measured (median) rate for 20 s while
 //!    bizra runs, writing its verdicts to a topic of their own; the latency of every verdict
 //!    is its Kafka timestamp (set when produced; acks follow within `linger.ms`) minus its
-//!    input's timestamp, recorded in an HDR histogram. Then the rollbacks of that phase: each
-//!    one's Kafka timestamp minus its verdict's, in another histogram.
+//!    input's timestamp, recorded in an HDR histogram, also by tier, by half of the run and
+//!    split at the verdict's own `latency_ms` (read to committed, inside bizra) and the rest.
+//!    The feeder produces with `linger.ms = 5` (librdkafka's default), not bizra's 20: its
+//!    own batching wait is no part of bizra's latency. Then the rollbacks of that phase: each one's Kafka timestamp minus its
+//!    verdict's, in another histogram.
+//! 7. The floor (`BIZRA_BENCH_FLOOR=0` skips it): a 2-thread consume->produce passthrough
+//!    (bizra's `fetch.wait.max.ms`, producing at once) fed the same way; its latency is what
+//!    the broker, the clients and the machine add without bizra.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -491,23 +497,13 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     // Some forgeries for the rollbacks: every 50th signed real_time record gets a signature
     // that fails (its R half changed, its s half left valid, so only Ed25519 finds it).
-    let live: Vec<Vec<u8>> = live_lines
+    let inputs: Vec<Vec<u8>> = live_lines
         .iter()
         .enumerate()
         .map(|(i, l)| if i % 50 == 0 { forge(l) } else { l.clone() })
         .collect();
-    let start = Instant::now();
-    for (i, l) in live.iter().cycle().take(live_n).enumerate() {
-        let due = start + Duration::from_secs_f64(i as f64 / live_rate);
-        while Instant::now() < due {
-            p.poll(Duration::ZERO);
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        // Distinct ids are not needed for latency; replays are counted like any verdict.
-        send(&p, "bench.live", i as i32 % PARTITIONS, l);
-        p.poll(Duration::ZERO);
-    }
-    p.flush(Duration::from_secs(60)).unwrap();
+    let feeder = live_producer(&addr);
+    feed(&feeder, "bench.live", &inputs, live_rate, live_n);
     let mut live = Counter::new(&addr, "bench.live.verdicts", 0);
     assert!(
         live.wait_for(live_n, Duration::from_secs(120)),
@@ -531,8 +527,11 @@ fn main() {
     // The same, by verification tier and by half of the run, to see where a tail comes from.
     let mut by_tier = std::collections::BTreeMap::<String, Histogram<u64>>::new();
     let mut by_half = [new_hist(), new_hist()];
+    // Per hop: inside bizra (the verdict's own `latency_ms`, from its read to its commit)
+    // and the rest (the feeder's linger, the broker, bizra's fetch, its sink).
+    let (mut inside, mut before) = (new_hist(), new_hist());
     let mut seen = 0;
-    let live_in = input_times(&addr, live_n);
+    let live_in = input_times(&addr, "bench.live", live_n);
     // Each verdict's broker timestamp, for the delay of a rollback that names it.
     let mut verdict_at = std::collections::HashMap::<(i32, i64), i64>::new();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -552,6 +551,11 @@ fn main() {
                 by_tier.entry(tier).or_insert_with(new_hist).record(ms).unwrap();
                 let half = usize::from(seen > live_n / 2);
                 by_half[half].record(ms).unwrap();
+                if let Some(own) = v["latency_ms"].as_f64() {
+                    let own = own.round() as u64;
+                    inside.record(own.max(1)).unwrap();
+                    before.record(ms.saturating_sub(own).max(1)).unwrap();
+                }
             }
         }
     }
@@ -571,7 +575,11 @@ fn main() {
     let parts = by_tier
         .iter()
         .map(|(t, h)| (t.as_str(), h))
-        .chain([("first half", &by_half[0]), ("second half", &by_half[1])]);
+        .chain([("first half", &by_half[0]), ("second half", &by_half[1])])
+        .chain([
+            ("read to committed (latency_ms)", &inside),
+            ("the rest: feeder, broker, fetch, sink", &before),
+        ]);
     for (part, h) in parts {
         println!(
             "  {part}: {} verdicts, p50 {} ms, p95 {} ms, p99 {} ms",
@@ -582,8 +590,136 @@ fn main() {
         );
     }
     rollback_delays(&addr, &verdict_at);
-    drop((p, live, c));
+    if std::env::var("BIZRA_BENCH_FLOOR").as_deref() != Ok("0") {
+        broker.create_topic("bench.floor", PARTITIONS as u32);
+        broker.create_topic("bench.floor.out", 1);
+        let h = passthrough_latency(&addr, &feeder, &inputs, live_rate, live_n);
+        println!(
+            "floor: a consume->produce passthrough fed the same way: p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
+            h.value_at_quantile(0.50),
+            h.value_at_quantile(0.95),
+            h.value_at_quantile(0.99),
+            h.max()
+        );
+    }
+    drop((p, feeder, live, c));
     drop(broker);
+}
+
+/// The live phase's producer: bizra's settings but librdkafka's default `linger.ms` of 5
+/// (bizra's 20 would follow each input's timestamp, taken when it is handed over, with up
+/// to 20 ms of the feeder's own batching; 0 makes every message a request of its own, which
+/// the test broker queues for seconds at these rates).
+fn live_producer(addr: &str) -> BaseProducer {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", addr);
+    for (k, v) in PRODUCER_SETTINGS {
+        c.set(*k, *v);
+    }
+    c.set("linger.ms", "5");
+    c.create().unwrap()
+}
+
+/// Sends `n` of `lines` (cycled) to `topic` at `rate` per second, round-robin over its partitions.
+fn feed(p: &BaseProducer, topic: &str, lines: &[Vec<u8>], rate: f64, n: usize) {
+    let start = Instant::now();
+    for (i, l) in lines.iter().cycle().take(n).enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        while Instant::now() < due {
+            p.poll(Duration::ZERO);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Distinct ids are not needed for latency; replays are counted like any verdict.
+        send(p, topic, i as i32 % PARTITIONS, l);
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// The floor under bizra's latency on this broker and machine: two threads consuming
+/// `bench.floor` (with bizra's `fetch.wait.max.ms`) and producing each message to
+/// `bench.floor.out` at once, fed like the live phase; the latency from each input's
+/// timestamp to its copy's, over all of them.
+fn passthrough_latency(
+    addr: &str,
+    feeder: &BaseProducer,
+    lines: &[Vec<u8>],
+    rate: f64,
+    n: usize,
+) -> Histogram<u64> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let addr = addr.to_owned();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let c: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &addr)
+                    .set("group.id", "bench-floor")
+                    .set("enable.auto.commit", "false")
+                    .set("fetch.wait.max.ms", "10")
+                    .create()
+                    .unwrap();
+                let mut tpl = TopicPartitionList::new();
+                for p in (0..PARTITIONS).filter(|p| p % 2 == t) {
+                    tpl.add_partition_offset("bench.floor", p, Offset::Beginning)
+                        .unwrap();
+                }
+                c.assign(&tpl).unwrap();
+                let p = producer(&addr);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(Ok(m)) = c.poll(Duration::from_millis(1)) {
+                        let key = format!("{}:{}", m.partition(), m.offset());
+                        let mut rec = BaseRecord::<str, [u8]>::to("bench.floor.out")
+                            .key(key.as_str())
+                            .payload(m.payload().unwrap_or_default())
+                            .partition(0);
+                        while let Err((_, r)) = p.send(rec) {
+                            rec = r;
+                            p.poll(Duration::from_millis(1));
+                        }
+                    }
+                    p.poll(Duration::ZERO);
+                }
+                p.flush(Duration::from_secs(60)).unwrap();
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    feed(feeder, "bench.floor", lines, rate, n);
+    let mut out = Counter::new(addr, "bench.floor.out", 0);
+    assert!(
+        out.wait_for(n, Duration::from_secs(120)),
+        "passthrough copied {} of {n}",
+        out.seen
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let input = input_times(addr, "bench.floor", n);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "bench-floor-read")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("bench.floor.out", 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000, 3).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (hist.len() as usize) < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_secs(1)) {
+            let key = std::str::from_utf8(m.key().unwrap()).unwrap();
+            let (p, o) = key.split_once(':').unwrap();
+            let t_in = input[&(p.parse().unwrap(), o.parse().unwrap())];
+            let t_out = m.timestamp().to_millis().unwrap();
+            hist.record((t_out - t_in).max(1) as u64).unwrap();
+        }
+    }
+    assert_eq!(hist.len() as usize, n, "every copy read back");
+    hist
 }
 
 /// `line` with its signature's first character changed, if it is a signed real_time record.
@@ -697,8 +833,8 @@ fn wait_committed(addr: &str, group: &str, run: &mut Child, n: usize, timeout: D
     }
 }
 
-/// The Kafka timestamps of the `n` live inputs, by (partition, offset).
-fn input_times(addr: &str, n: usize) -> std::collections::HashMap<(i32, i64), i64> {
+/// The Kafka timestamps of the `n` messages of `topic`, by (partition, offset).
+fn input_times(addr: &str, topic: &str, n: usize) -> std::collections::HashMap<(i32, i64), i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", "bench-input")
@@ -706,8 +842,7 @@ fn input_times(addr: &str, n: usize) -> std::collections::HashMap<(i32, i64), i6
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset("bench.live", p, Offset::Beginning)
-            .unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut out = std::collections::HashMap::new();

@@ -5,9 +5,11 @@
 //! `p mod workers = worker` (over all workers of all processes; partitions added to the topic
 //! later are found by a watcher thread and taken on the same way), and two idempotent
 //! producers (outputs, and the replay guard's state; `sink.rs`). Before any worker runs, the
-//! replay guard's state is read back from its topic (`replay.rs`). Epochs are logical: a worker's input advances one epoch every `kafka.tick_ms`,
-//! but never more than `max_inflight_ticks` past the frontier of the whole cluster, so the
-//! processes keep step however their clocks disagree. The sink holds a capability for every
+//! replay guard's state is read back from its topic (`replay.rs`). Epochs are logical: a
+//! worker's input advances one epoch every `kafka.tick_ms`, or at once to the highest epoch
+//! another worker has announced, but never more than `max_inflight_ticks` past the frontier
+//! of the whole cluster, so the processes keep step however their clocks disagree
+//! (`epochs.rs`). The sink holds a capability for every
 //! epoch whose records are not yet acknowledged by the broker, so the frontier after the sink
 //! says "everything derived from earlier epochs is durable"; only then are the offsets read
 //! in those epochs committed, and only once the broker confirms a commit does it count
@@ -19,6 +21,7 @@
 
 pub mod breaker;
 pub mod chains;
+pub mod epochs;
 pub mod offsets;
 pub mod replay;
 pub mod replay_input;
@@ -399,6 +402,7 @@ fn worker_loop(
         sink::sink(out, outbox.clone()).probe_with(&probe);
     });
 
+    let mut announcements = epochs::Announcements::new(worker);
     let tick = Duration::from_millis(kafka.tick_ms.max(1));
     let mut input = Some(input);
     let mut tracker = OffsetTracker::default();
@@ -424,17 +428,27 @@ fn worker_loop(
         if shutdown.load(Ordering::Relaxed) && input.is_some() {
             tracing::info!(worker = index, "stopping: draining in-flight epochs");
             input = None;
+            announcements.close();
             shutdown_at = Some(Instant::now());
         }
         let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
         inflight.complete(frontier);
         let mut read = 0;
         if let Some(h) = input.as_mut() {
-            // Logical epochs, at most `max_inflight_ticks` ahead of the cluster's frontier:
-            // no wall clock is compared between processes.
-            let next = *h.time() + 1;
-            if last_advance.elapsed() >= tick && next <= frontier.saturating_add(kafka.max_inflight_ticks) {
+            // Logical epochs, at most `max_inflight_ticks` ahead of the cluster's frontier,
+            // kept together by announcing them (`epochs.rs`): no wall clock is compared
+            // between processes.
+            let due = last_advance.elapsed() >= tick;
+            let next = epochs::next_epoch(
+                *h.time(),
+                announcements.highest(),
+                frontier,
+                kafka.max_inflight_ticks,
+                due,
+            );
+            if let Some(next) = next {
                 h.advance_to(next);
+                announcements.announce(next);
                 last_advance = Instant::now();
             }
             let room = inflight.room()

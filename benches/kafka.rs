@@ -482,8 +482,17 @@ fn main() {
     } else {
         lines.iter().map(|l| l.to_vec()).collect()
     };
-    let keyring_args = ["--keyring", keyring.to_str().unwrap()];
-    let extra: &[&str] = if signed { &keyring_args } else { &[] };
+    // Fed once bizra says it is ready (`/readyz`): its start-up is not latency.
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut extra = vec!["--http", http.as_str()];
+    if signed {
+        extra.extend(["--keyring", keyring.to_str().unwrap()]);
+    }
+    let extra = extra.as_slice();
     let run = match std::env::var_os("BIZRA_BENCH_LATENCY_BIN") {
         Some(bin) => bizra_bin(
             bin.as_ref(),
@@ -494,7 +503,18 @@ fn main() {
         ),
         None => bizra(&addr, "bench-latency", "bench.live", "bench.live.verdicts", extra),
     };
-    std::thread::sleep(Duration::from_secs(2));
+    let launched = Instant::now();
+    while !ready(&http) {
+        assert!(
+            launched.elapsed() < Duration::from_secs(60),
+            "bizra not ready after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "latency phase: bizra ready {:.2} s after its start",
+        launched.elapsed().as_secs_f64()
+    );
     // Some forgeries for the rollbacks: every 50th signed real_time record gets a signature
     // that fails (its R half changed, its s half left valid, so only Ed25519 finds it).
     let inputs: Vec<Vec<u8>> = live_lines
@@ -526,12 +546,15 @@ fn main() {
     let mut hist = new_hist();
     // The same, by verification tier and by half of the run, to see where a tail comes from.
     let mut by_tier = std::collections::BTreeMap::<String, Histogram<u64>>::new();
+    let live_in = input_times(&addr, "bench.live", live_n);
     let mut by_half = [new_hist(), new_hist()];
+    // And the p99 of each second of input, to tell a start-up transient from a steady tail.
+    let mut by_second: Vec<Histogram<u64>> = Vec::new();
+    let first_in = live_in.values().copied().min().unwrap_or(0);
     // Per hop: inside bizra (the verdict's own `latency_ms`, from its read to its commit)
     // and the rest (the feeder's linger, the broker, bizra's fetch, its sink).
     let (mut inside, mut before) = (new_hist(), new_hist());
     let mut seen = 0;
-    let live_in = input_times(&addr, "bench.live", live_n);
     // Each verdict's broker timestamp, for the delay of a rollback that names it.
     let mut verdict_at = std::collections::HashMap::<(i32, i64), i64>::new();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -551,6 +574,11 @@ fn main() {
                 by_tier.entry(tier).or_insert_with(new_hist).record(ms).unwrap();
                 let half = usize::from(seen > live_n / 2);
                 by_half[half].record(ms).unwrap();
+                let second = ((t_in - first_in) / 1000).max(0) as usize;
+                if by_second.len() <= second {
+                    by_second.resize_with(second + 1, new_hist);
+                }
+                by_second[second].record(ms).unwrap();
                 if let Some(own) = v["latency_ms"].as_f64() {
                     let own = own.round() as u64;
                     inside.record(own.max(1)).unwrap();
@@ -589,6 +617,11 @@ fn main() {
             h.value_at_quantile(0.99)
         );
     }
+    let p99s: Vec<String> = by_second
+        .iter()
+        .map(|h| h.value_at_quantile(0.99).to_string())
+        .collect();
+    println!("  p99 by second of input (ms): {}", p99s.join(" "));
     rollback_delays(&addr, &verdict_at);
     if std::env::var("BIZRA_BENCH_FLOOR").as_deref() != Ok("0") {
         broker.create_topic("bench.floor", PARTITIONS as u32);
@@ -604,6 +637,22 @@ fn main() {
     }
     drop((p, feeder, live, c));
     drop(broker);
+}
+
+/// Whether the bizra serving `addr` answers `/readyz` with 200.
+fn ready(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+    if c.write_all(b"GET /readyz HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
 }
 
 /// The live phase's producer: bizra's settings but librdkafka's default `linger.ms` of 5
@@ -622,6 +671,11 @@ fn live_producer(addr: &str) -> BaseProducer {
 
 /// Sends `n` of `lines` (cycled) to `topic` at `rate` per second, round-robin over its partitions.
 fn feed(p: &BaseProducer, topic: &str, lines: &[Vec<u8>], rate: f64, n: usize) {
+    // Connected and with the topic's metadata before the clock starts: a fresh producer's
+    // first messages would otherwise wait for both after their timestamps were taken.
+    p.client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
     let start = Instant::now();
     for (i, l) in lines.iter().cycle().take(n).enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / rate);

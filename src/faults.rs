@@ -3,12 +3,18 @@
 //! those tests) every check is one load of a cached empty list.
 //!
 //! Only faults that cannot be caused from outside are here: a full disk, a refusing broker
-//! and a dead process are caused for real by the tests.
+//! and a dead process are caused for real by the tests; one slow worker among fast ones
+//! cannot be.
 
 use std::sync::OnceLock;
 
 /// The archive writer thread panics when it is handed its first episodes.
 pub const ARCHIVE_WRITER_PANIC: &str = "archive_writer_panic";
+
+/// Worker 1 of a Kafka process sleeps 5 ms after every pass of its loop: a worker whose
+/// loop runs slower than the others' (more work per pass, a busier core), which must not
+/// hold back the records of the others (`kafka/epochs.rs`).
+pub const SLOW_WORKER: &str = "slow_worker";
 
 /// The producer is not idempotent. Not a fault but a concession to the test broker: tansu
 /// 0.6 answers the sequence gap that a refused batch leaves with UNKNOWN_SERVER_ERROR, where

@@ -1,7 +1,7 @@
 //! Kafka mode against faults (issue 13): a broker that refuses records, a record that would
 //! make a huge verdict, security settings the broker cannot accept, a broker that goes away
-//! (the circuit breaker and `/readyz`), partitions added while running, and processes whose
-//! clocks disagree.
+//! (the circuit breaker and `/readyz`), partitions added while running, processes whose
+//! clocks disagree, and a worker slower than the others (issue 16).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -367,4 +367,79 @@ fn a_cluster_whose_clocks_disagree_by_seconds_reads_every_partition() {
     );
     assert_eq!(parts.len(), 4);
     assert!(sa.success() && sb.success(), "{sa} {sb}");
+}
+
+#[test]
+fn a_slow_worker_does_not_hold_back_the_records_of_a_fast_one() {
+    // Worker 1 sleeps 5 ms after every pass (an injected fault); worker 0 reads partition 0
+    // and ticks every 2 ms. Counting epochs each at its own pace, worker 0 ran up to the
+    // read-ahead (250 epochs) past worker 1, and its records waited for worker 1 to count
+    // up to them: ~1.2 s. Announced epochs keep them together.
+    let broker = Broker::start();
+    topics(&broker, 2);
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut run = Command::new(env!("CARGO_BIN_EXE_bizra"))
+        .env("RUST_LOG", "warn")
+        .env("BIZRA_FAULTS", bizra::faults::SLOW_WORKER)
+        .args([
+            "run",
+            "-q",
+            "-w",
+            "2",
+            "--http",
+            &http,
+            "--brokers",
+            &broker.addr(),
+        ])
+        .arg("--signing-key")
+        .arg(dir.path().join("node.key"))
+        .arg("--sampling-key")
+        .arg(crate::common::sampling_key(dir.path()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || http_status(
+        &http, "/readyz"
+    ) == 200));
+    // 4 s of input, one record every 2 ms, alternating between the two partitions.
+    let lines = generated(2000, 0.0, false);
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("linger.ms", "1")
+        .create()
+        .unwrap();
+    let start = Instant::now();
+    for (i, l) in lines.iter().enumerate() {
+        while start.elapsed() < Duration::from_millis(2 * i as u64) {
+            p.poll(Duration::from_millis(1));
+        }
+        let mut rec = BaseRecord::<(), [u8]>::to("bizra.observations")
+            .payload(l.as_slice())
+            .partition(i as i32 % 2);
+        while let Err((_, r)) = p.send(rec) {
+            rec = r;
+            p.poll(Duration::from_millis(1));
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let (verdicts, dead) = wait_for_all(&broker, lines.len(), Duration::from_secs(120));
+    assert!(sigterm(&mut run).success());
+    assert!(dead.is_empty());
+    // Inside bizra (read to committed) for the fast worker's partition, after the first second.
+    let mut fast: Vec<f64> = verdicts
+        .iter()
+        .filter(|v| v["input"]["partition"] == 0 && v["input"]["offset"].as_i64().unwrap() >= 250)
+        .map(|v| v["latency_ms"].as_f64().unwrap())
+        .collect();
+    fast.sort_by(f64::total_cmp);
+    assert!(fast.len() >= 700, "{} verdicts of partition 0", fast.len());
+    let p90 = fast[fast.len() * 9 / 10];
+    assert!(
+        p90 < 300.0,
+        "the fast worker's verdicts waited for the slow one: p90 {p90} ms, max {} ms",
+        fast.last().unwrap()
+    );
 }

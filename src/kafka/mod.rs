@@ -403,6 +403,7 @@ fn worker_loop(
     });
 
     let mut announcements = epochs::Announcements::new(worker);
+    let slow = index == 1 && crate::faults::armed(crate::faults::SLOW_WORKER);
     let tick = Duration::from_millis(kafka.tick_ms.max(1));
     let mut input = Some(input);
     let mut tracker = OffsetTracker::default();
@@ -476,6 +477,9 @@ fn worker_loop(
             Some(tick)
         };
         worker.step_or_park(park);
+        if slow {
+            std::thread::sleep(Duration::from_millis(5));
+        }
 
         if let Some(a) = &archive {
             let mut a = a.borrow_mut();

@@ -142,6 +142,25 @@ impl Counter {
     }
 }
 
+/// A consumer of the partitions `p` of `topic` with `p % 2 == t`, from their beginning: one
+/// of the two threads of a passthrough.
+fn half_consumer(addr: &str, group: &str, topic: &str, t: i32, options: &[(&str, &str)]) -> BaseConsumer {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", addr)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    for (k, v) in options {
+        cfg.set(*k, *v);
+    }
+    let c: BaseConsumer = cfg.create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in (0..PARTITIONS).filter(|p| p % 2 == t) {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    c
+}
+
 fn passthrough(addr: &str, n: usize, out: &str) -> Duration {
     let started = Instant::now();
     let threads: Vec<_> = (0..2)
@@ -149,19 +168,7 @@ fn passthrough(addr: &str, n: usize, out: &str) -> Duration {
             let addr = addr.to_owned();
             let out = out.to_owned();
             std::thread::spawn(move || {
-                let c: BaseConsumer = ClientConfig::new()
-                    .set("bootstrap.servers", &addr)
-                    .set("group.id", "passthrough")
-                    .set("enable.auto.commit", "false")
-                    .create()
-                    .unwrap();
-                let mut tpl = TopicPartitionList::new();
-                let mine: Vec<i32> = (0..PARTITIONS).filter(|p| p % 2 == t).collect();
-                for &p in &mine {
-                    tpl.add_partition_offset("bench.in", p, Offset::Beginning)
-                        .unwrap();
-                }
-                c.assign(&tpl).unwrap();
+                let c = half_consumer(&addr, "passthrough", "bench.in", t, &[]);
                 let p = producer(&addr);
                 let want = n / 2;
                 let mut got = 0;
@@ -533,15 +540,7 @@ fn main() {
     stop(run);
 
     // Input timestamps by (partition, offset), then each live verdict's latency.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &addr)
-        .set("group.id", "bench-latency")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("bench.live.verdicts", 0, Offset::Beginning)
-        .unwrap();
-    c.assign(&tpl).unwrap();
+    let c = partition_0(&addr, "bench-latency", "bench.live.verdicts");
     let new_hist = || Histogram::<u64>::new_with_bounds(1, 60_000, 3).unwrap();
     let mut hist = new_hist();
     // The same, by verification tier and by half of the run, to see where a tail comes from.
@@ -707,19 +706,13 @@ fn passthrough_latency(
             let addr = addr.to_owned();
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let c: BaseConsumer = ClientConfig::new()
-                    .set("bootstrap.servers", &addr)
-                    .set("group.id", "bench-floor")
-                    .set("enable.auto.commit", "false")
-                    .set("fetch.wait.max.ms", "10")
-                    .create()
-                    .unwrap();
-                let mut tpl = TopicPartitionList::new();
-                for p in (0..PARTITIONS).filter(|p| p % 2 == t) {
-                    tpl.add_partition_offset("bench.floor", p, Offset::Beginning)
-                        .unwrap();
-                }
-                c.assign(&tpl).unwrap();
+                let c = half_consumer(
+                    &addr,
+                    "bench-floor",
+                    "bench.floor",
+                    t,
+                    &[("fetch.wait.max.ms", "10")],
+                );
                 let p = producer(&addr);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     if let Some(Ok(m)) = c.poll(Duration::from_millis(1)) {
@@ -752,15 +745,7 @@ fn passthrough_latency(
         t.join().unwrap();
     }
     let input = input_times(addr, "bench.floor", n);
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("group.id", "bench-floor-read")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("bench.floor.out", 0, Offset::Beginning)
-        .unwrap();
-    c.assign(&tpl).unwrap();
+    let c = partition_0(addr, "bench-floor-read", "bench.floor.out");
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000, 3).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     while (hist.len() as usize) < n && Instant::now() < deadline {
@@ -774,6 +759,20 @@ fn passthrough_latency(
     }
     assert_eq!(hist.len() as usize, n, "every copy read back");
     hist
+}
+
+/// A consumer of partition 0 of `topic` from its beginning.
+fn partition_0(addr: &str, group: &str, topic: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    c.assign(&tpl).unwrap();
+    c
 }
 
 /// `line` with its signature's first character changed, if it is a signed real_time record.
@@ -796,16 +795,7 @@ fn forge(line: &[u8]) -> Vec<u8> {
 /// sample missed) and prints how long after its verdict each one reached the
 /// broker: the window in which a consumer sees a provisional verdict standing.
 fn rollback_delays(addr: &str, verdict_at: &std::collections::HashMap<(i32, i64), i64>) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("group.id", "bench-rollbacks")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("bizra.rollbacks", 0, Offset::Beginning)
-        .unwrap();
-    c.assign(&tpl).unwrap();
+    let c = partition_0(addr, "bench-rollbacks", "bizra.rollbacks");
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000, 3).unwrap();
     let mut idle = 0;
     while idle < 3 {

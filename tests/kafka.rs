@@ -166,8 +166,14 @@ pub(crate) fn committed(b: &Broker, group: &str, partitions: i32) -> BTreeMap<i3
 }
 
 pub(crate) fn bizra(b: &Broker, dir: &Path, extra: &[&str]) -> Child {
+    bizra_with_env(b, dir, extra, &[])
+}
+
+/// [`bizra`] with more environment variables (e.g. `BIZRA_FAULTS`).
+pub(crate) fn bizra_with_env(b: &Broker, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bizra"))
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .args(["run", "-q", "--brokers", &b.addr(), "--signing-key"])
         .arg(dir.join("node.key"))
         .arg("--sampling-key")

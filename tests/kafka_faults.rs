@@ -16,7 +16,9 @@ use serde_json::Value;
 
 use crate::broker::Broker;
 use crate::common::free_port;
-use crate::kafka::{bizra, by_input, committed, generated, keygen, produce, sigterm, topics, wait_for_all};
+use crate::kafka::{
+    bizra, bizra_with_env, by_input, committed, generated, keygen, produce, sigterm, topics, wait_for_all,
+};
 use crate::proxy::Fault;
 
 /// The HTTP status of `GET http://ADDR/PATH`, or 0 when nothing answers.
@@ -380,27 +382,12 @@ fn a_slow_worker_does_not_hold_back_the_records_of_a_fast_one() {
     let dir = tempfile::tempdir().unwrap();
     keygen(dir.path());
     let http = format!("127.0.0.1:{}", free_port());
-    let mut run = Command::new(env!("CARGO_BIN_EXE_bizra"))
-        .env("RUST_LOG", "warn")
-        .env("BIZRA_FAULTS", bizra::faults::SLOW_WORKER)
-        .args([
-            "run",
-            "-q",
-            "-w",
-            "2",
-            "--http",
-            &http,
-            "--brokers",
-            &broker.addr(),
-        ])
-        .arg("--signing-key")
-        .arg(dir.path().join("node.key"))
-        .arg("--sampling-key")
-        .arg(crate::common::sampling_key(dir.path()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = bizra_with_env(
+        &broker,
+        dir.path(),
+        &["-w", "2", "--http", &http],
+        &[("BIZRA_FAULTS", bizra::faults::SLOW_WORKER)],
+    );
     assert!(eventually(Duration::from_secs(30), || http_status(
         &http, "/readyz"
     ) == 200));

@@ -73,6 +73,9 @@ pub fn commit<'s>(
             let mut pending: HashMap<u64, Pending> = HashMap::new();
             let mut ready: BTreeMap<u64, (Tree, Capability<u64>, u64)> = BTreeMap::new();
             let mut done = Vec::new();
+            // The verdicts and replay records of one input batch, sent in one session (one
+            // session per record would send a container per record).
+            let mut now_out: Vec<Output> = Vec::new();
 
             move |input, output| {
                 let started = observer.as_ref().map(|_| std::time::Instant::now());
@@ -92,7 +95,7 @@ pub fn commit<'s>(
                                 let BatchEvent::Replay(r) = event else {
                                     unreachable!()
                                 };
-                                output.session(&cap).give(Output::Replay(r));
+                                now_out.push(Output::Replay(r));
                                 continue;
                             }
                         };
@@ -123,7 +126,7 @@ pub fn commit<'s>(
                                 if p.tier == Tier::Full {
                                     p.held.push(v);
                                 } else {
-                                    output.session(&cap).give(Output::Verdict(v));
+                                    now_out.push(Output::Verdict(v));
                                 }
                             }
                             BatchEvent::Rollback(r) => {
@@ -145,6 +148,9 @@ pub fn commit<'s>(
                         if p.size == Some(p.have) {
                             done.push(seq);
                         }
+                    }
+                    if !now_out.is_empty() {
+                        output.session(&cap).give_iterator(now_out.drain(..));
                     }
                 });
 

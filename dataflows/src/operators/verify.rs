@@ -139,38 +139,48 @@ type Builder = CapacityContainerBuilder<Vec<BatchEvent<Checked>>>;
 
 /// Sends verifier events: items of the statistical and incremental tiers and replay records
 /// at the current epoch; full-tier items, rollbacks and seals at their batch's held
-/// capability (released on seal).
+/// capability (released on seal). Consecutive events at one time go out in one session: a
+/// session sends what it holds when it ends, so one per event would make a container (and
+/// a message downstream) per event.
 fn emit(
     events: &mut Vec<BatchEvent<Checked>>,
     held: &mut Held,
     current: Option<&Capability<u64>>,
     output: &mut OutputBuilderSession<'_, u64, Builder>,
 ) {
+    let mut run: Vec<BatchEvent<Checked>> = Vec::new();
+    let mut run_cap: Option<Capability<u64>> = None;
     for event in events.drain(..) {
         let (tier, seq) = match &event {
             BatchEvent::Item(c) => (c.verification.tier, c.batch.seq),
             BatchEvent::Rollback(r) => (Tier::Statistical, r.batch.seq),
             BatchEvent::Seal(s) => (s.tier, s.seq),
-            BatchEvent::Replay(_) => {
-                let cap = current.expect("replay records are made while an epoch is processed");
-                output.session(cap).give(event);
-                continue;
-            }
+            BatchEvent::Replay(_) => (Tier::Statistical, u64::MAX),
         };
         let batch_cap = held[tier as usize]
             .as_ref()
             .filter(|(held_seq, _)| *held_seq == seq)
             .map(|(_, c)| c);
         let cap = match (&event, tier) {
+            (BatchEvent::Replay(_), _) => {
+                Some(current.expect("replay records are made while an epoch is processed"))
+            }
             (BatchEvent::Item(_), Tier::Statistical | Tier::Incremental) => current.or(batch_cap),
             _ => batch_cap.or(current),
         }
         .expect("an event has a capability: its epoch's or its open batch's");
-        let cap = cap.clone();
+        if run_cap.as_ref().is_none_or(|c| c.time() != cap.time()) {
+            if let Some(c) = run_cap.replace(cap.clone()) {
+                output.session(&c).give_iterator(run.drain(..));
+            }
+        }
         let sealed = matches!(event, BatchEvent::Seal(_));
-        output.session(&cap).give(event);
+        run.push(event);
         if sealed {
             held[tier as usize] = None;
         }
+    }
+    if let Some(c) = run_cap {
+        output.session(&c).give_iterator(run.drain(..));
     }
 }

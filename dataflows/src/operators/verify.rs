@@ -151,22 +151,21 @@ fn emit(
     let mut run: Vec<BatchEvent<Checked>> = Vec::new();
     let mut run_cap: Option<Capability<u64>> = None;
     for event in events.drain(..) {
-        let (tier, seq) = match &event {
-            BatchEvent::Item(c) => (c.verification.tier, c.batch.seq),
-            BatchEvent::Rollback(r) => (Tier::Statistical, r.batch.seq),
-            BatchEvent::Seal(s) => (s.tier, s.seq),
-            BatchEvent::Replay(_) => (Tier::Statistical, u64::MAX),
+        let batch_cap = |tier: Tier, seq: u64| {
+            held[tier as usize]
+                .as_ref()
+                .filter(|(held_seq, _)| *held_seq == seq)
+                .map(|(_, c)| c)
         };
-        let batch_cap = held[tier as usize]
-            .as_ref()
-            .filter(|(held_seq, _)| *held_seq == seq)
-            .map(|(_, c)| c);
-        let cap = match (&event, tier) {
-            (BatchEvent::Replay(_), _) => {
-                Some(current.expect("replay records are made while an epoch is processed"))
+        let cap = match &event {
+            // Replay records are made while an epoch is processed.
+            BatchEvent::Replay(_) => current,
+            BatchEvent::Item(c) if c.verification.tier != Tier::Full => {
+                current.or(batch_cap(c.verification.tier, c.batch.seq))
             }
-            (BatchEvent::Item(_), Tier::Statistical | Tier::Incremental) => current.or(batch_cap),
-            _ => batch_cap.or(current),
+            BatchEvent::Item(c) => batch_cap(Tier::Full, c.batch.seq).or(current),
+            BatchEvent::Rollback(r) => batch_cap(Tier::Statistical, r.batch.seq).or(current),
+            BatchEvent::Seal(s) => batch_cap(s.tier, s.seq).or(current),
         }
         .expect("an event has a capability: its epoch's or its open batch's");
         if run_cap.as_ref().is_none_or(|c| c.time() != cap.time()) {
@@ -174,9 +173,12 @@ fn emit(
                 output.session(&c).give_iterator(run.drain(..));
             }
         }
-        let sealed = matches!(event, BatchEvent::Seal(_));
+        let sealed = match &event {
+            BatchEvent::Seal(s) => Some(s.tier),
+            _ => None,
+        };
         run.push(event);
-        if sealed {
+        if let Some(tier) = sealed {
             held[tier as usize] = None;
         }
     }

@@ -375,7 +375,7 @@ fn worker_loop(
         kafka.replay_topic.clone(),
         kafka.checkpoints_topic.clone(),
     ];
-    tracing::info!(worker = index, partitions = ?mine, "assigned");
+    tracing::info!(worker = index, partitions = ?mine, after_ms = clock.elapsed().as_millis() as u64, "assigned");
     on_assigned();
     let tel = Rc::new(RefCell::new(WorkerTelemetry::new(worker, telemetry)));
     let observer = tel.borrow().observer();
@@ -413,6 +413,7 @@ fn worker_loop(
     let mut shutdown_at: Option<Instant> = None;
     let mut final_checkpoints = false;
     let mut last_advance = Instant::now();
+    let mut firsts = Firsts::default();
     loop {
         let now_ms = clock.elapsed().as_millis() as u64;
         if let Some(e) = producers.fatal().or_else(|| src.events.fatal()) {
@@ -468,6 +469,7 @@ fn worker_loop(
                     inflight.room()
                 });
                 tel.borrow().read(read);
+                firsts.note(index, "read a record", read > 0, now_ms);
             }
         }
         src.serve();
@@ -514,7 +516,8 @@ fn worker_loop(
             ob.push_checkpoints(now_ms, false);
             ob.flush(&producers, &topics, breaker, now_ms, &mut counts);
             producers.poll();
-            let failed = ob.apply(&producers.acks, breaker, &mut counts).1;
+            let (acked, failed) = ob.apply(&producers.acks, breaker, &mut counts);
+            firsts.note(index, "acknowledged an output", acked > 0, now_ms);
             if let Some(m) = &metrics {
                 m.delivery_failures.inc_by(failed as u64);
                 m.circuit_state.set(breaker.state().code());
@@ -578,6 +581,20 @@ fn worker_loop(
     tracing::info!(worker = index, "stopped");
     let s = summary.borrow().clone();
     Ok(s)
+}
+
+/// Logs the first time a worker reads a record and has an output acknowledged, with the
+/// milliseconds since the run started: what a slow first second spends its time on.
+#[derive(Default)]
+struct Firsts(Vec<&'static str>);
+
+impl Firsts {
+    fn note(&mut self, worker: usize, what: &'static str, happened: bool, after_ms: u64) {
+        if happened && !self.0.contains(&what) {
+            self.0.push(what);
+            tracing::info!(worker, after_ms, "first time: {what}");
+        }
+    }
 }
 
 /// Commits everything delivered, synchronously, retrying until `shutdown_timeout_ms`; a

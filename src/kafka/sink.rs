@@ -220,6 +220,8 @@ impl Producers {
         let (main, main_events) = producer_to(cfg, queue_bytes, tx.clone(), &[])?;
         let (replay, replay_events) =
             producer_to(cfg, (queue_bytes / 10).max(8 << 20), tx, REPLAY_PRODUCER_SETTINGS)?;
+        warm_up(&main, &cfg.verdicts_topic);
+        warm_up(&replay, &cfg.replay_topic);
         Ok(Producers {
             main,
             replay,
@@ -261,6 +263,26 @@ impl Producers {
             p.flush(timeout).context("flushing the producer at shutdown")?;
         }
         Ok(())
+    }
+}
+
+/// Asks for `topic`'s metadata twice, waiting for each answer (at most 5 s), before the worker
+/// says it is ready. An idempotent librdkafka producer asks for its producer id only once a
+/// broker is up; if none is when it is created, it retries on a fixed 500 ms timer, or when a
+/// metadata answer arrives. One answer was not always enough (in
+/// `kafka::fresh_producers_deliver_their_first_record_without_the_id_timer`, two of three fresh
+/// producers still waited 450 ms); the second, over a connection that is up by then, was in
+/// every run. Without it every start held its first verdicts ~500 ms (BENCHMARKS, issue 16,
+/// "The first second"). A broker that does not answer is not an error here: the producer
+/// keeps trying on its own, as it would later in the run.
+fn warm_up(producer: &BaseProducer<DeliveryContext>, topic: &str) {
+    for _ in 0..2 {
+        if let Err(e) = producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+        {
+            tracing::debug!(error = %e, topic, "producer warm-up: no metadata yet");
+        }
     }
 }
 

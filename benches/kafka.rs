@@ -14,6 +14,9 @@
 //!   one signed real_time record in 50 forged) instead of the unsigned input, and reports
 //!   how long after its verdict each rollback arrives;
 //! - `BIZRA_BENCH_KAFKA`: extra `[kafka]` keys for bizra, `;`-separated;
+//! - `BIZRA_BENCH_LOG`: bizra's `RUST_LOG` (default `warn`); `info` shows each worker's first
+//!   read and first acknowledgement (`first time: ...`), `info,librdkafka=debug` with a
+//!   `"debug"` client option shows librdkafka's own log;
 //! - `BIZRA_BENCH_CONFIG`: more configuration (whole sections, `;`-separated lines) for this
 //!   build only, not the compared one;
 //! - `BIZRA_BENCH_COMPARE=PATH`: also times another bizra binary (e.g. the previous commit's)

@@ -659,3 +659,18 @@ fn fresh_producers_deliver_their_first_record_without_the_id_timer() {
         "first acknowledgements after {firsts:?} ms: a fresh producer waited for its id timer"
     );
 }
+
+/// The warm-up never turns a silent broker into a long stall: `Producers::new` gives up on it
+/// after one unanswered request (2 s) and the producers keep trying on their own.
+#[test]
+fn producer_warm_up_gives_up_quickly_on_a_silent_broker() {
+    let cfg = bizra::kafka::KafkaConfig {
+        brokers: format!("127.0.0.1:{}", free_port()),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let p = bizra::kafka::sink::Producers::new(&cfg, 8 << 20);
+    assert!(p.is_ok(), "an unanswered warm-up is not an error");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(4), "warm-up waited {took:?}");
+}

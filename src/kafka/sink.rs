@@ -220,8 +220,11 @@ impl Producers {
         let (main, main_events) = producer_to(cfg, queue_bytes, tx.clone(), &[])?;
         let (replay, replay_events) =
             producer_to(cfg, (queue_bytes / 10).max(8 << 20), tx, REPLAY_PRODUCER_SETTINGS)?;
-        warm_up(&main, &cfg.verdicts_topic);
-        warm_up(&replay, &cfg.replay_topic);
+        // A broker that does not answer the first gets no more warm-ups: start-up waits at
+        // most WARM_UP_TIMEOUT for it, and a stop signal is served soon after.
+        if warm_up(&main, &cfg.verdicts_topic) {
+            warm_up(&replay, &cfg.replay_topic);
+        }
         Ok(Producers {
             main,
             replay,
@@ -266,7 +269,7 @@ impl Producers {
     }
 }
 
-/// Asks for `topic`'s metadata twice, waiting for each answer (at most 5 s), before the worker
+/// Asks for `topic`'s metadata twice, waiting for each answer (at most 2 s), before the worker
 /// says it is ready. An idempotent librdkafka producer asks for its producer id only once a
 /// broker is up; if none is when it is created, it retries on a fixed 500 ms timer, or when a
 /// metadata answer arrives. One answer was not always enough (in
@@ -274,17 +277,19 @@ impl Producers {
 /// producers still waited 450 ms); the second, over a connection that is up by then, was in
 /// every run. Without it every start held its first verdicts ~500 ms (BENCHMARKS, issue 16,
 /// "The first second"). A broker that does not answer is not an error here: the producer
-/// keeps trying on its own, as it would later in the run.
-fn warm_up(producer: &BaseProducer<DeliveryContext>, topic: &str) {
+/// keeps trying on its own, as it would later in the run. Returns whether both were answered.
+fn warm_up(producer: &BaseProducer<DeliveryContext>, topic: &str) -> bool {
     for _ in 0..2 {
-        if let Err(e) = producer
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-        {
-            tracing::debug!(error = %e, topic, "producer warm-up: no metadata yet");
+        if let Err(e) = producer.client().fetch_metadata(Some(topic), WARM_UP_TIMEOUT) {
+            tracing::debug!(error = %e, topic, "producer warm-up: no answer");
+            return false;
         }
     }
+    true
 }
+
+/// How long one warm-up request may wait for the broker's answer.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An idempotent producer with bizra's settings and `extra` over them, reporting deliveries
 /// to `tx`, and what its client callbacks report. `queue_bytes` bounds librdkafka's queue in

@@ -204,22 +204,39 @@ pub const LATENCY_BASE: f64 = 1.05;
 /// Number of latency buckets: the last upper bound, 0.01 ms · 1.05^331 ≈ 103 s, covers 100 s.
 pub const LATENCY_BUCKETS: usize = 332;
 
-/// The bucket of a latency: 0 holds `[0, 0.01]` ms, bucket `i ≥ 1` holds
-/// `(0.01·1.05^(i−1), 0.01·1.05^i]` ms; the last bucket also holds anything longer (and
-/// bucket 0 anything negative or NaN).
+/// The upper bounds of the latency buckets (ms): `LATENCY_MIN_MS`, then each `LATENCY_BASE`
+/// times the one before, multiplied once at compile time. Every build and platform reports
+/// the same bytes: `powi`, used before, was constant-folded in a release build's test and
+/// computed at run time in the operator, and the two differed in the last bit.
+const BOUNDS: [f64; LATENCY_BUCKETS] = {
+    let mut bounds = [0.0; LATENCY_BUCKETS];
+    let mut bound = LATENCY_MIN_MS;
+    let mut i = 0;
+    while i < LATENCY_BUCKETS {
+        bounds[i] = bound;
+        bound *= LATENCY_BASE;
+        i += 1;
+    }
+    bounds
+};
+
+/// The bucket of a latency: the first whose upper bound is not below it. 0 holds `[0, 0.01]`
+/// ms, bucket `i ≥ 1` holds `(0.01·1.05^(i−1), 0.01·1.05^i]` ms; the last bucket also holds
+/// anything longer (and bucket 0 anything negative or NaN).
 pub fn latency_bucket(latency_ms: f64) -> usize {
     if latency_ms.is_nan() || latency_ms <= LATENCY_MIN_MS {
         return 0;
     }
-    let i = ((latency_ms / LATENCY_MIN_MS).ln() / LATENCY_BASE.ln()).ceil();
-    (i as usize).min(LATENCY_BUCKETS - 1)
+    BOUNDS
+        .partition_point(|b| *b < latency_ms)
+        .min(LATENCY_BUCKETS - 1)
 }
 
 /// The upper bound of bucket `i` (ms): what a percentile falling in that bucket reports, so
 /// a reported latency over-states the true one by less than 5 % and never under-states it
 /// (except beyond the last bucket).
 pub fn bucket_upper_ms(i: usize) -> f64 {
-    LATENCY_MIN_MS * LATENCY_BASE.powi(i as i32)
+    BOUNDS[i.min(LATENCY_BUCKETS - 1)]
 }
 
 /// Fixed-point scale of the clarity and value sums: integers add and cancel exactly, so a
@@ -998,6 +1015,11 @@ mod tests {
         assert_eq!(latency_bucket(f64::NAN), 0);
         assert_eq!(latency_bucket(1e9), LATENCY_BUCKETS - 1);
         assert!(bucket_upper_ms(LATENCY_BUCKETS - 1) >= 100_000.0);
+        // A latency exactly at a bound is in that bound's bucket; just above it, the next.
+        for i in [1, 17, 200, LATENCY_BUCKETS - 2] {
+            assert_eq!(latency_bucket(bucket_upper_ms(i)), i);
+            assert_eq!(latency_bucket(bucket_upper_ms(i) * (1.0 + 1e-15)), i + 1);
+        }
         for ms in [0.02, 0.5, 3.0, 250.0, 99_999.0] {
             let upper = bucket_upper_ms(latency_bucket(ms));
             assert!(

@@ -32,6 +32,16 @@ pub(crate) fn topics(b: &Broker, input_partitions: u32) {
     }
 }
 
+/// A fresh broker with bizra's topics (`input_partitions` for the input) and a directory
+/// holding a node signing key: how most Kafka tests begin.
+pub(crate) fn setup(input_partitions: u32) -> (Broker, tempfile::TempDir) {
+    let broker = Broker::start();
+    topics(&broker, input_partitions);
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    (broker, dir)
+}
+
 /// Writes `lines` to the input topic, record i to partition i mod `partitions`.
 pub(crate) fn produce(b: &Broker, lines: &[Vec<u8>], partitions: i32) {
     let p: BaseProducer = ClientConfig::new()
@@ -349,10 +359,7 @@ pub(crate) fn wait_for_all(b: &Broker, n: usize, timeout: Duration) -> (Vec<Valu
 /// least one verdict or dead letter, and repeated ones are identical.
 #[test]
 fn kill_9_mid_stream_then_restart_loses_nothing() {
-    let broker = Broker::start();
-    topics(&broker, 8);
-    let dir = tempfile::tempdir().unwrap();
-    keygen(dir.path());
+    let (broker, dir) = setup(8);
     let lines = generated(8_000, 0.05, false);
     produce(&broker, &lines, 8);
 
@@ -472,10 +479,7 @@ fn two_processes_of_two_workers_match_one_worker() {
 /// recovers by itself and nothing is lost.
 #[test]
 fn a_broker_outage_mid_stream_loses_nothing() {
-    let mut broker = Broker::start();
-    topics(&broker, 4);
-    let dir = tempfile::tempdir().unwrap();
-    keygen(dir.path());
+    let (mut broker, dir) = setup(4);
     let lines = generated(6_000, 0.05, false);
     produce(&broker, &lines, 4);
 
@@ -516,10 +520,7 @@ fn a_broker_outage_mid_stream_loses_nothing() {
 /// `--gen` cannot be mixed with `--brokers`.
 #[test]
 fn oversized_messages_are_dead_letters_with_provenance() {
-    let broker = Broker::start();
-    topics(&broker, 1);
-    let dir = tempfile::tempdir().unwrap();
-    keygen(dir.path());
+    let (broker, dir) = setup(1);
     let cfg = dir.path().join("small.toml");
     std::fs::write(&cfg, "[limits]\nmax_message_bytes = 1000\n").unwrap();
     let big = format!(r#"{{"id":"big","data":"{}"}}"#, "x".repeat(5000)).into_bytes();

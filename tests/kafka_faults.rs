@@ -17,7 +17,8 @@ use serde_json::Value;
 use crate::broker::Broker;
 use crate::common::free_port;
 use crate::kafka::{
-    bizra, bizra_with_env, by_input, committed, generated, keygen, produce, sigterm, topics, wait_for_all,
+    bizra, bizra_with_env, by_input, committed, generated, keygen, produce, setup, sigterm, topics,
+    wait_for_all,
 };
 use crate::proxy::Fault;
 
@@ -130,10 +131,7 @@ fn a_record_the_broker_refuses_becomes_a_dead_letter_and_the_stream_goes_on() {
 /// cause, well before the connect timeout.
 #[test]
 fn tls_or_sasl_against_a_plaintext_listener_fails_fast_and_clearly() {
-    let broker = Broker::start();
-    topics(&broker, 1);
-    let dir = tempfile::tempdir().unwrap();
-    keygen(dir.path());
+    let (broker, dir) = setup(1);
     for (protocol, extra) in [
         ("ssl", ""),
         (
@@ -195,10 +193,7 @@ fn trickle(
 
 #[test]
 fn the_breaker_opens_when_the_broker_goes_away_and_closes_when_it_is_back() {
-    let mut broker = Broker::start();
-    topics(&broker, 1);
-    let dir = tempfile::tempdir().unwrap();
-    keygen(dir.path());
+    let (mut broker, dir) = setup(1);
     let cfg = dir.path().join("breaker.toml");
     std::fs::write(&cfg, "[kafka.breaker]\nopen_ms = 2000\nack_timeout_ms = 3000\n").unwrap();
     let http = format!("127.0.0.1:{}", free_port());
@@ -311,10 +306,7 @@ fn faketime_lib() -> std::path::PathBuf {
 #[test]
 fn a_cluster_whose_clocks_disagree_by_seconds_reads_every_partition() {
     let lib = faketime_lib();
-    let broker = Broker::start();
-    topics(&broker, 4);
-    let dir = tempfile::tempdir().unwrap();
-    keygen(dir.path());
+    let (broker, dir) = setup(4);
     let lines = generated(2_000, 0.0, false);
     produce(&broker, &lines, 4);
     let hostfile = crate::common::two_process_hostfile(dir.path());
@@ -377,10 +369,7 @@ fn a_slow_worker_does_not_hold_back_the_records_of_a_fast_one() {
     // and ticks every 2 ms. Counting epochs each at its own pace, worker 0 ran up to the
     // read-ahead (250 epochs) past worker 1, and its records waited for worker 1 to count
     // up to them: ~1.2 s. Announced epochs keep them together.
-    let broker = Broker::start();
-    topics(&broker, 2);
-    let dir = tempfile::tempdir().unwrap();
-    keygen(dir.path());
+    let (broker, dir) = setup(2);
     let http = format!("127.0.0.1:{}", free_port());
     let mut run = bizra_with_env(
         &broker,

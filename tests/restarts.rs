@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::broker::Broker;
 use crate::cli::{bizra, ok};
 use crate::common::{sampling_key, stable};
-use crate::kafka::{by_input, keygen, produce, sigterm, topics, wait_for_all};
+use crate::kafka::{by_input, keygen, produce, setup, sigterm, wait_for_all};
 
 /// Generated input with a share of repeated ids (`bizra gen`, seed 33).
 fn repeating(count: u64, replay_fraction: f64) -> Vec<Vec<u8>> {
@@ -167,10 +167,7 @@ fn replay_counts(
 /// repeats — which fails if the window forgets what was committed before a restart.
 #[test]
 fn kafka_runs_killed_and_restarted_keep_the_replay_window_and_repeat_their_verdicts() {
-    let broker = Broker::start();
-    topics(&broker, 4);
-    let dir = tempfile::tempdir().unwrap();
-    keygen(dir.path());
+    let (broker, dir) = setup(4);
     let lines = repeating(6_000, 0.05);
     produce(&broker, &lines, 4);
 

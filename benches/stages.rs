@@ -147,6 +147,34 @@ fn stages(c: &mut Criterion) {
         b.iter(|| verify_batch(&bad_items).len())
     });
     g.finish();
+
+    // A stream with one bad signature in a hundred, checked in calls of 64 as the full tier
+    // does: the chunk size adapts to the share of bad ones after the first calls.
+    let mut g = c.benchmark_group("stream");
+    let stream_msgs: Vec<Vec<u8>> = (0..64 * 32)
+        .map(|i| format!("observation {i}").into_bytes())
+        .collect();
+    let stream_sigs: Vec<[u8; 64]> = stream_msgs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut s = key.sign(m).to_bytes();
+            if i % 100 == 42 {
+                s[5] ^= 1;
+            }
+            s
+        })
+        .collect();
+    let stream: Vec<_> = stream_msgs
+        .iter()
+        .zip(&stream_sigs)
+        .map(|(m, s)| (&vk, m.as_slice(), s))
+        .collect();
+    g.throughput(Throughput::Elements(stream.len() as u64));
+    g.bench_function("ed25519_one_bad_in_100", |b| {
+        b.iter(|| stream.chunks(64).map(|c| verify_batch(c).len()).sum::<usize>())
+    });
+    g.finish();
     drop(Arc::new(()));
 }
 

@@ -2,8 +2,10 @@
 //! the signing-key file, and single and batch Ed25519 checks. It does not choose which
 //! observations to check (the tiers in `verification/mod.rs` do) nor read files or config.
 //!
-//! Checks use ed25519-dalek's cofactorless `verify`, the same equation its batch verifier uses,
-//! so a batch and the single-check fallback judge a signature alike.
+//! Checks are ed25519-dalek's cofactorless `verify`, or the same check on a signature decoded
+//! once for a batch ([`verify_batch`]); batches use the cofactorless equation of dalek's batch
+//! verifier, so a batch and a single check judge a signature alike (DECISIONS: but for one
+//! crafted by a key's holder with a small-order component).
 
 use std::collections::HashMap;
 
@@ -220,18 +222,29 @@ pub fn verify_one(keyring: &Keyring, key_id: &str, message: &[u8], sig: &[u8; 64
 
 /// Checks `(key, message, signature)` items together; `result[i]` says whether item i verifies.
 ///
-/// Ed25519 batch equations over chunks of the items; only when one fails are halves checked
-/// (recursively, down to single checks) to locate the bad ones. Signature bytes that are no
-/// valid encoding (s not reduced) count as bad. The chunk size follows the share of bad
-/// signatures this thread has seen lately ([`chunk_for`]): it decides the cost, never a result.
+/// Each signature is decoded and hashed once ([`prepare`]); one whose bytes are no valid
+/// encoding (s not reduced, R not the canonical encoding of a point) is bad without further
+/// work. The rest go through Ed25519 batch equations over chunks; only when one fails are
+/// halves checked (recursively) to locate the bad ones, and every signature judged bad was
+/// judged so by a check of its own. The chunk size follows the share of bad signatures this
+/// thread has seen lately ([`chunk_for`]): it decides the cost, never a result.
 pub fn verify_batch(items: &[(&VerifyingKey, &[u8], &[u8; 64])]) -> Vec<bool> {
     let mut ok = vec![false; items.len()];
     if items.is_empty() {
         return ok;
     }
+    let (at, prepared): (Vec<usize>, Vec<Prepared>) = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &(pk, m, s))| prepare(pk, m, s).map(|p| (i, p)))
+        .unzip();
+    let mut settled = vec![false; prepared.len()];
     let chunk = chunk_for(BAD_SHARE.get());
-    for (c, o) in items.chunks(chunk).zip(ok.chunks_mut(chunk)) {
+    for (c, o) in prepared.chunks(chunk).zip(settled.chunks_mut(chunk)) {
         locate(c, o, false);
+    }
+    for (i, s) in at.into_iter().zip(settled) {
+        ok[i] = s;
     }
     let bad = ok.iter().filter(|o| !**o).count();
     let weight = (items.len() as f64 / 1024.0).min(1.0);
@@ -247,50 +260,127 @@ thread_local! {
 
 #[cfg(test)]
 thread_local! {
-    /// Signature checks done on this thread, in batch units (a single check counts 2).
+    /// Signature checks done on this thread, in the units of [`chunk_for`]'s cost model.
     static WORK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Most signatures in one batch equation. Batches beyond 32 gained nothing measurable, and a
-/// bad signature costs about twice its chunk in bisection, so the cap bounds what one forgery
-/// costs on a clean stream.
+/// Most signatures in one batch equation: beyond 64 a batch gains little (BENCHMARKS, issue
+/// 16) and a bad signature's bisection grows with it.
 const MAX_CHUNK: usize = 64;
 
-/// The chunk size that minimises the expected cost per signature when a share `bad` of them
-/// fails. A chunk of n costs about (1 + k/n) batch units per signature (k ≈ 3: the equation's
-/// fixed part) plus 1.5·n per bad one (the bisection); the minimum is at n = √(2/bad), taken as
-/// a power of two between 2 (below 4 every signature is checked alone) and [`MAX_CHUNK`].
-/// Measured (BENCHMARKS, issue 16, "Forged signatures"): at 1.5 % bad, chunks of 8–16 run in
-/// 0.83× the CPU of whole-batch checks; at 10 %, chunks of 4 in 0.67×; clean, 16–64 alike.
+/// The cost model behind [`chunk_for`], in units of one signature's term in a batch
+/// equation (~4.4 µs on the 2-core test machine, as much as decompressing its R; BENCHMARKS,
+/// issue 16, "Prepared signatures"): an equation of n prepared signatures costs
+/// `BATCH_FIXED` + n (the fixed part is mostly its 256 doublings), a single check `SINGLE`.
+const BATCH_FIXED: usize = 5;
+const SINGLE: usize = 6;
+
+/// The chunk size with the least expected cost per signature when a share `bad` of them
+/// fails: a chunk of n ≥ 2 costs 1 + F/n per signature, and each bad one a bisection of
+/// about F·log₂n + n + S (F = [`BATCH_FIXED`], S = [`SINGLE`]); a chunk of 1 is a single
+/// check, S. Powers of two up to [`MAX_CHUNK`]: 64 for a clean stream, 16 at 1 % bad, 4 at
+/// 10 %, and single checks once about a fifth are bad.
 pub fn chunk_for(bad: f64) -> usize {
-    if bad <= 2.0 / (MAX_CHUNK * MAX_CHUNK) as f64 {
-        return MAX_CHUNK;
+    let (f, s) = (BATCH_FIXED as f64, SINGLE as f64);
+    let cost = |n: usize| {
+        if n == 1 {
+            return s;
+        }
+        let n_f = n as f64;
+        1.0 + f / n_f + bad * (f * n_f.log2() + n_f + s)
+    };
+    let mut best = 1;
+    let mut n = 2;
+    while n <= MAX_CHUNK {
+        if cost(n) < cost(best) {
+            best = n;
+        }
+        n *= 2;
     }
-    let n = (2.0 / bad).sqrt();
-    let pow2 = 1usize << (n.max(1.0).log2().floor() as u32);
-    pow2.clamp(2, MAX_CHUNK)
+    best
 }
 
-/// Below this size a failed batch is settled one signature at a time.
-const BISECT_MIN: usize = 4;
+/// A signature ready for the batch equation: the parts that do not depend on the equation's
+/// random weights, computed once however often the bisection checks it again.
+struct Prepared<'a> {
+    key: &'a VerifyingKey,
+    /// R, decompressed (the costliest part: a square root).
+    r: curve25519_dalek::EdwardsPoint,
+    s: curve25519_dalek::Scalar,
+    /// h = SHA-512(R ‖ A ‖ M) mod ℓ.
+    h: curve25519_dalek::Scalar,
+}
 
-/// Settles `items` into `ok` and returns whether all verify. Batch-verifies them (unless
+/// Decodes and hashes one signature, or `None` if its bytes cannot verify under any key: s
+/// not reduced, or R not the canonical encoding of a curve point. These are exactly the
+/// encodings ed25519-dalek's `verify` can never accept (it compares R's bytes with a
+/// canonical encoding), so a prepared signature is judged as `verify` would judge it.
+fn prepare<'a>(key: &'a VerifyingKey, message: &[u8], sig: &[u8; 64]) -> Option<Prepared<'a>> {
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    use curve25519_dalek::scalar::Scalar;
+    use sha2::Sha512;
+
+    let (r_bytes, s_bytes) = sig.split_at(32);
+    let r_bytes: [u8; 32] = r_bytes.try_into().expect("32 bytes");
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(
+        s_bytes.try_into().expect("32 bytes"),
+    ))?;
+    if !r_is_canonical(&r_bytes) {
+        return None;
+    }
+    let r = CompressedEdwardsY(r_bytes).decompress()?;
+    let h = Scalar::from_bytes_mod_order_wide(
+        &Sha512::new()
+            .chain_update(r_bytes)
+            .chain_update(key.as_bytes())
+            .chain_update(message)
+            .finalize()
+            .into(),
+    );
+    Some(Prepared { key, r, s, h })
+}
+
+/// p = 2²⁵⁵ − 19, little-endian.
+const P_LE: [u8; 32] = {
+    let mut p = [0xff; 32];
+    p[0] = 0xed;
+    p[31] = 0x7f;
+    p
+};
+
+/// Whether R's 32 bytes are the one encoding of their point that compression produces: y
+/// (the low 255 bits) below p, and the sign bit clear when x is 0 (y = 1 or y = p − 1).
+fn r_is_canonical(r: &[u8; 32]) -> bool {
+    let mut y = *r;
+    y[31] &= 0x7f;
+    let below_p = (0..32)
+        .rev()
+        .find(|&i| y[i] != P_LE[i])
+        .is_some_and(|i| y[i] < P_LE[i]);
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    let mut minus_one = P_LE;
+    minus_one[0] -= 1;
+    let x_is_zero = y == one || y == minus_one;
+    below_p && !(x_is_zero && r[31] & 0x80 != 0)
+}
+
+/// Settles `items` into `ok` and returns whether all verify. Batch-checks them (unless
 /// `known_bad`: the caller knows one fails); on failure checks the left half, and if that
 /// half verifies, the right half is known to hold a bad one and is split without its own
-/// batch check. k bad signatures among n cost about k·log2(n) batch checks.
-fn locate(items: &[(&VerifyingKey, &[u8], &[u8; 64])], ok: &mut [bool], known_bad: bool) -> bool {
-    if items.len() < BISECT_MIN {
-        for (o, (pk, m, s)) in ok.iter_mut().zip(items) {
-            *o = verify_single(pk, m, s);
-        }
-        // A single check costs about two signatures' share of a batch equation.
+/// batch check. A single signature always gets a check of its own ([`single_holds`]), so a
+/// good one is never judged bad for sharing equations with a bad one. k bad signatures among
+/// n cost about k·log₂n batch checks.
+fn locate(items: &[Prepared], ok: &mut [bool], known_bad: bool) -> bool {
+    if let [one] = items {
+        ok[0] = single_holds(one);
         #[cfg(test)]
-        WORK.set(WORK.get() + 2 * items.len());
-        return ok.iter().all(|o| *o);
+        WORK.set(WORK.get() + SINGLE);
+        return ok[0];
     }
     if !known_bad {
         #[cfg(test)]
-        WORK.set(WORK.get() + items.len());
+        WORK.set(WORK.get() + BATCH_FIXED + items.len());
         if batch_holds(items) {
             ok.fill(true);
             return true;
@@ -303,53 +393,40 @@ fn locate(items: &[(&VerifyingKey, &[u8], &[u8; 64])], ok: &mut [bool], known_ba
     false
 }
 
+/// ed25519-dalek's `verify` for a prepared signature: R = [s]B − [h]A, compared as points
+/// (R's encoding is canonical, so this is the byte comparison `verify` makes).
+fn single_holds(p: &Prepared) -> bool {
+    use curve25519_dalek::edwards::EdwardsPoint;
+    EdwardsPoint::vartime_double_scalar_mul_basepoint(&p.h, &-p.key.to_edwards(), &p.s) == p.r
+}
+
 /// Whether the Ed25519 batch equation holds for all `items`: the equation of
 /// `ed25519_dalek::verify_batch` — the same hashes h = SHA-512(R ‖ A ‖ M), the same
 /// cofactorless check `[−Σ zᵢsᵢ]B + Σ zᵢRᵢ + Σ (zᵢhᵢ)Aᵢ = 0` with random 128-bit zᵢ — except
 /// that the terms of equal keys are added before the multiplication: (Σ zᵢhᵢ)·A is the same
 /// point as Σ (zᵢhᵢ)·A, and a stream signed by a few keys needs n + k + 1 terms instead of
-/// 2n + 1. An s that is not reduced or an R that is not a point fails it, as in dalek.
-/// The zᵢ come from the thread's CSPRNG (dalek derives them from a transcript of the
+/// 2n + 1. The zᵢ come from the thread's CSPRNG (dalek derives them from a transcript of the
 /// inputs); either way a batch holding a bad signature passes with probability 2⁻¹²⁸.
-fn batch_holds(items: &[(&VerifyingKey, &[u8], &[u8; 64])]) -> bool {
+fn batch_holds(items: &[Prepared]) -> bool {
     use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
-    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek::edwards::EdwardsPoint;
     use curve25519_dalek::scalar::Scalar;
     use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
     use rand::Rng as _;
-    use sha2::{Digest as _, Sha512};
 
     let mut rng = rand::thread_rng();
     let mut scalars = Vec::with_capacity(items.len() + 2);
     let mut points = Vec::with_capacity(items.len() + 2);
     let mut keys: Vec<(&VerifyingKey, Scalar)> = Vec::new();
     let mut b = Scalar::ZERO;
-    for (pk, message, sig) in items {
-        let (r_bytes, s_bytes) = sig.split_at(32);
-        let r_bytes: [u8; 32] = r_bytes.try_into().expect("32 bytes");
-        let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(
-            s_bytes.try_into().expect("32 bytes"),
-        )) else {
-            return false;
-        };
-        let Some(r) = CompressedEdwardsY(r_bytes).decompress() else {
-            return false;
-        };
-        let h = Scalar::from_bytes_mod_order_wide(
-            &Sha512::new()
-                .chain_update(r_bytes)
-                .chain_update(pk.as_bytes())
-                .chain_update(message)
-                .finalize()
-                .into(),
-        );
+    for p in items {
         let z = Scalar::from(rng.gen::<u128>());
-        b += z * s;
+        b += z * p.s;
         scalars.push(z);
-        points.push(r);
-        match keys.iter_mut().find(|(k, _)| k == pk) {
-            Some((_, c)) => *c += z * h,
-            None => keys.push((pk, z * h)),
+        points.push(p.r);
+        match keys.iter_mut().find(|(k, _)| *k == p.key) {
+            Some((_, c)) => *c += z * p.h,
+            None => keys.push((p.key, z * p.h)),
         }
     }
     scalars.push(-b);
@@ -561,10 +638,14 @@ mod tests {
     fn chunks_shrink_as_the_share_of_bad_signatures_grows() {
         assert_eq!(chunk_for(0.0), MAX_CHUNK);
         assert_eq!(chunk_for(0.0001), MAX_CHUNK);
-        assert_eq!(chunk_for(0.015), 8);
+        assert_eq!(chunk_for(0.01), 16);
+        assert_eq!(chunk_for(0.015), 16);
         assert_eq!(chunk_for(0.1), 4);
-        assert_eq!(chunk_for(0.6), 2);
-        assert_eq!(chunk_for(1.0), 2);
+        // A flood of forgeries is cheapest checked one signature at a time.
+        assert_eq!(chunk_for(0.6), 1);
+        assert_eq!(chunk_for(1.0), 1);
+        let sizes: Vec<usize> = (0..=100).map(|p| chunk_for(f64::from(p) / 100.0)).collect();
+        assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "{sizes:?}");
     }
 
     #[test]
@@ -585,27 +666,243 @@ mod tests {
         }
     }
 
-    /// A producer that forges one signature in ten must not make each cost dozens: with whole
-    /// batches of 64 the bisection did ~5 units of work per signature here; chunks that follow
-    /// the share of bad ones do under 3 (a clean stream does ~1).
-    #[test]
-    fn a_stream_of_forgeries_costs_a_bounded_amount_of_work() {
-        let (pk, items) = signed(64 * 24, |i| i % 10 == 3);
-        let refs: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
-            items.iter().map(|(m, s)| (&pk, m.as_slice(), s)).collect();
+    /// Work per signature (in [`chunk_for`]'s units) of `verify_batch` over `refs` in calls of
+    /// 64, after 12 calls to learn the share, and of whole 64-signature equations instead.
+    fn work_per_signature(refs: &[(&VerifyingKey, &[u8], &[u8; 64])]) -> (f64, f64) {
         BAD_SHARE.set(0.0);
         for call in refs.chunks(64).take(12) {
             verify_batch(call);
         }
+        let measured = refs.len() as f64 - 64.0 * 12.0;
         WORK.set(0);
         for call in refs.chunks(64).skip(12) {
             verify_batch(call);
         }
-        let per_signature = WORK.get() as f64 / (64.0 * 12.0);
-        assert!(
-            per_signature < 3.0,
-            "{per_signature:.2} batch units per signature"
+        let chunked = WORK.get() as f64 / measured;
+        WORK.set(0);
+        for call in refs.chunks(64).skip(12) {
+            let prepared: Vec<Prepared> = call.iter().filter_map(|&(k, m, s)| prepare(k, m, s)).collect();
+            locate(&prepared, &mut vec![false; prepared.len()], false);
+        }
+        (chunked, WORK.get() as f64 / measured)
+    }
+
+    /// A producer that forges one signature in ten must not make each cost many: whole
+    /// equations of 64 cost ~8.6 units per signature here, chunks that follow the share of
+    /// bad ones ~4.9 (one forgery in a hundred: ~2.5 and ~2.0; a clean stream ~1.1 either
+    /// way). A single check alone would cost 6.
+    #[test]
+    fn a_stream_of_forgeries_costs_a_bounded_amount_of_work() {
+        // (one bad in, most units per signature, most of the whole equations' cost)
+        for (every, bound, share) in [(10, 5.5, 0.7), (100, 2.3, 0.9), (usize::MAX, 1.15, 1.0)] {
+            let (pk, items) = signed(64 * 24, |i| i % every == 3);
+            let refs: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
+                items.iter().map(|(m, s)| (&pk, m.as_slice(), s)).collect();
+            let (chunked, whole) = work_per_signature(&refs);
+            assert!(
+                chunked < bound,
+                "one in {every}: {chunked:.2} units per signature"
+            );
+            assert!(
+                chunked <= share * whole,
+                "one in {every}: {chunked:.2} against {whole:.2} with whole equations"
+            );
+        }
+    }
+
+    /// A secret scalar and its public key, for signatures no honest signer makes.
+    fn raw_key(n: u64) -> (curve25519_dalek::Scalar, VerifyingKey) {
+        let a = curve25519_dalek::Scalar::from(n) * curve25519_dalek::Scalar::from(0x9e37_79b9_7f4a_7c15u64);
+        (
+            a,
+            VerifyingKey::from(curve25519_dalek::EdwardsPoint::mul_base(&a)),
+        )
+    }
+
+    /// A signature over `m` under secret `a` whose R is given as `r_bytes` (any encoding of
+    /// some point) with `s = r + h·a`: it satisfies the batch equation whenever R's bytes
+    /// decode to rB + T, where T is what the equation is left with.
+    fn crafted(
+        a: &curve25519_dalek::Scalar,
+        pk: &VerifyingKey,
+        m: &[u8],
+        r_bytes: [u8; 32],
+        r: curve25519_dalek::Scalar,
+    ) -> [u8; 64] {
+        use sha2::Sha512;
+        let h = curve25519_dalek::Scalar::from_bytes_mod_order_wide(
+            &Sha512::new()
+                .chain_update(r_bytes)
+                .chain_update(pk.as_bytes())
+                .chain_update(m)
+                .finalize()
+                .into(),
         );
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r_bytes);
+        sig[32..].copy_from_slice((r + h * a).as_bytes());
+        sig
+    }
+
+    #[test]
+    fn r_is_canonical_accepts_exactly_what_compression_produces() {
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        use curve25519_dalek::{EdwardsPoint, Scalar};
+        let order4 = CompressedEdwardsY([0; 32])
+            .decompress()
+            .expect("y = 0 is a point");
+        assert!(order4.is_small_order());
+        for p in (1..50u64)
+            .map(|i| EdwardsPoint::mul_base(&Scalar::from(i * 7919)))
+            .chain([EdwardsPoint::default(), order4, -order4, order4 + order4])
+        {
+            assert!(r_is_canonical(&p.compress().to_bytes()), "{p:?}");
+        }
+        let with = |y0: u8, last: u8| {
+            let mut b = P_LE;
+            b[0] = y0;
+            b[31] = last;
+            b
+        };
+        let mut identity_signed = [0u8; 32];
+        identity_signed[0] = 1;
+        identity_signed[31] = 0x80;
+        for (name, bytes) in [
+            ("y = p", P_LE),
+            ("y = p + 1 (the identity again)", with(0xee, 0x7f)),
+            ("y = 2²⁵⁵ − 1", with(0xff, 0x7f)),
+            ("x = 0 with the sign bit (identity)", identity_signed),
+            ("x = 0 with the sign bit (y = p − 1)", with(0xec, 0xff)),
+        ] {
+            assert!(!r_is_canonical(&bytes), "{name}");
+        }
+        // dalek decodes such bytes anyway, which is why the check is needed.
+        assert_eq!(
+            CompressedEdwardsY(with(0xee, 0x7f)).decompress(),
+            Some(EdwardsPoint::default())
+        );
+    }
+
+    /// A key holder can encode R = identity as y = p + 1 with s = h·a: dalek's batch equation
+    /// holds for it, its `verify` refuses it (the bytes are not compression's). bizra refuses
+    /// it in a batch too, and its neighbours stay good.
+    #[test]
+    fn a_non_canonical_r_is_bad_in_a_batch_as_alone() {
+        let (a, pk) = raw_key(3);
+        let mut r_bytes = P_LE;
+        r_bytes[0] = 0xee;
+        let m = b"chosen".to_vec();
+        let sig = crafted(&a, &pk, &m, r_bytes, curve25519_dalek::Scalar::ZERO);
+        assert!(!verify_single(&pk, &m, &sig));
+        assert!(ed25519_dalek::verify_batch(&[m.as_slice()], &[Signature::from_bytes(&sig)], &[pk]).is_ok());
+        let good: Vec<(Vec<u8>, [u8; 64])> = (0..7u64)
+            .map(|i| {
+                let mi = format!("m{i}").into_bytes();
+                let s = crafted(
+                    &a,
+                    &pk,
+                    &mi,
+                    curve25519_dalek::EdwardsPoint::mul_base(&curve25519_dalek::Scalar::from(i + 5))
+                        .compress()
+                        .to_bytes(),
+                    curve25519_dalek::Scalar::from(i + 5),
+                );
+                (mi, s)
+            })
+            .collect();
+        let mut items: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
+            good.iter().map(|(mi, s)| (&pk, mi.as_slice(), s)).collect();
+        items.insert(3, (&pk, m.as_slice(), &sig));
+        BAD_SHARE.set(0.0);
+        let mut want = vec![true; 8];
+        want[3] = false;
+        assert_eq!(verify_batch(&items), want);
+    }
+
+    /// A key holder's signature whose R carries a small-order component fails its own check
+    /// but passes a batch equation whenever the random weight kills the component (here 1 in
+    /// 4). It may go either way in a batch (DECISIONS), but it never makes a good signature
+    /// that shares its equations bad.
+    #[test]
+    fn a_small_order_component_never_makes_a_good_signature_bad() {
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        use curve25519_dalek::{EdwardsPoint, Scalar};
+        let t = CompressedEdwardsY([0; 32])
+            .decompress()
+            .expect("a point of order 4");
+        let (a, pk) = raw_key(4);
+        let r = Scalar::from(77u64);
+        let m = b"torsion".to_vec();
+        let sig = crafted(
+            &a,
+            &pk,
+            &m,
+            (EdwardsPoint::mul_base(&r) + t).compress().to_bytes(),
+            r,
+        );
+        assert!(!verify_single(&pk, &m, &sig));
+        let k = key(4);
+        let good: Vec<(Vec<u8>, [u8; 64])> = (0..7)
+            .map(|i| {
+                let mi = format!("g{i}").into_bytes();
+                let s = k.sign(&mi).to_bytes();
+                (mi, s)
+            })
+            .collect();
+        let kpk = k.verifying_key();
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..200 {
+            let mut items: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
+                good.iter().map(|(mi, s)| (&kpk, mi.as_slice(), s)).collect();
+            items.insert(round % 8, (&pk, m.as_slice(), &sig));
+            BAD_SHARE.set(0.0);
+            let ok = verify_batch(&items);
+            for (i, o) in ok.iter().enumerate() {
+                assert!(
+                    *o || i == round % 8,
+                    "round {round}: a good signature judged bad: {ok:?}"
+                );
+            }
+            if ok[round % 8] {
+                accepted += 1
+            } else {
+                refused += 1
+            }
+        }
+        assert!(
+            accepted > 0 && refused > 0,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
+
+    /// The check a prepared signature gets alone is ed25519-dalek's `verify`, for good
+    /// signatures and every kind of bad one.
+    #[test]
+    fn a_prepared_single_check_is_dalek_verify() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(61);
+        let k = key(9);
+        let pk = k.verifying_key();
+        let mut bad = 0;
+        for i in 0..300 {
+            let m = format!("m{i}").into_bytes();
+            let mut sig = k.sign(&m).to_bytes();
+            match rng.gen_range(0..6) {
+                0 => sig = k.sign(b"another").to_bytes(),
+                1 => sig[rng.gen_range(0..32)] ^= 1 << rng.gen_range(0..8),
+                2 => sig[32 + rng.gen_range(0..31)] ^= 1 << rng.gen_range(0..8),
+                3 => sig[63] |= 0x80,
+                _ => {}
+            }
+            let want = verify_single(&pk, &m, &sig);
+            bad += usize::from(!want);
+            assert_eq!(
+                prepare(&pk, &m, &sig).is_some_and(|p| single_holds(&p)),
+                want,
+                "item {i}"
+            );
+        }
+        assert!(bad > 150 && bad < 250, "{bad} bad");
     }
 
     /// `batch_holds` against ed25519-dalek's own `verify_batch` on random batches: several
@@ -650,7 +947,8 @@ mod tests {
             let sigs: Vec<Signature> = batch.iter().map(|(_, _, s)| Signature::from_bytes(s)).collect();
             let vks: Vec<VerifyingKey> = batch.iter().map(|(k, _, _)| *k).collect();
             let dalek = ed25519_dalek::verify_batch(&messages, &sigs, &vks).is_ok();
-            assert_eq!(batch_holds(&items), dalek, "batch of {n}");
+            let prepared: Option<Vec<Prepared>> = items.iter().map(|&(k, m, s)| prepare(k, m, s)).collect();
+            assert_eq!(prepared.is_some_and(|p| batch_holds(&p)), dalek, "batch of {n}");
             if dalek {
                 holds += 1
             } else {

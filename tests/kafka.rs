@@ -44,12 +44,26 @@ pub(crate) fn setup(input_partitions: u32) -> (Broker, tempfile::TempDir) {
 
 /// Writes `lines` to the input topic, record i to partition i mod `partitions`.
 pub(crate) fn produce(b: &Broker, lines: &[Vec<u8>], partitions: i32) {
-    let p: BaseProducer = ClientConfig::new()
+    produce_paced(b, lines, partitions, Duration::ZERO);
+}
+
+/// As [`produce`], but record i is sent no earlier than i × `every` after the start (a live
+/// stream; zero: as fast as the client takes them), with a 1 ms linger when paced so that
+/// each record leaves when it is sent.
+pub(crate) fn produce_paced(b: &Broker, lines: &[Vec<u8>], partitions: i32, every: Duration) {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", b.addr())
-        .set("message.max.bytes", "4194304") // records up to bizra's 2 MiB input limit
-        .create()
-        .unwrap();
+        .set("message.max.bytes", "4194304"); // records up to bizra's 2 MiB input limit
+    if !every.is_zero() {
+        config.set("linger.ms", "1");
+    }
+    let p: BaseProducer = config.create().unwrap();
+    let start = Instant::now();
     for (i, l) in lines.iter().enumerate() {
+        while start.elapsed() < every * i as u32 {
+            p.poll(Duration::from_millis(1));
+        }
         let mut rec = BaseRecord::<(), [u8]>::to("bizra.observations")
             .payload(l.as_slice())
             .partition(i as i32 % partitions);
@@ -58,7 +72,7 @@ pub(crate) fn produce(b: &Broker, lines: &[Vec<u8>], partitions: i32) {
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     rec = r;
-                    p.poll(Duration::from_millis(10));
+                    p.poll(Duration::from_millis(1));
                 }
                 Err((e, _)) => panic!("producing input record {i}: {e}"),
             }

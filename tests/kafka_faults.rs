@@ -17,8 +17,8 @@ use serde_json::Value;
 use crate::broker::Broker;
 use crate::common::free_port;
 use crate::kafka::{
-    bizra, bizra_with_env, by_input, committed, generated, keygen, produce, setup, sigterm, topics,
-    wait_for_all,
+    bizra, bizra_with_env, by_input, committed, generated, keygen, produce, produce_paced, setup, sigterm,
+    topics, wait_for_all,
 };
 use crate::proxy::Fault;
 
@@ -382,25 +382,7 @@ fn a_slow_worker_does_not_hold_back_the_records_of_a_fast_one() {
     ) == 200));
     // 4 s of input, one record every 2 ms, alternating between the two partitions.
     let lines = generated(2000, 0.0, false);
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .set("linger.ms", "1")
-        .create()
-        .unwrap();
-    let start = Instant::now();
-    for (i, l) in lines.iter().enumerate() {
-        while start.elapsed() < Duration::from_millis(2 * i as u64) {
-            p.poll(Duration::from_millis(1));
-        }
-        let mut rec = BaseRecord::<(), [u8]>::to("bizra.observations")
-            .payload(l.as_slice())
-            .partition(i as i32 % 2);
-        while let Err((_, r)) = p.send(rec) {
-            rec = r;
-            p.poll(Duration::from_millis(1));
-        }
-    }
-    p.flush(Duration::from_secs(30)).unwrap();
+    produce_paced(&broker, &lines, 2, Duration::from_millis(2));
     let (verdicts, dead) = wait_for_all(&broker, lines.len(), Duration::from_secs(120));
     assert!(sigterm(&mut run).success());
     assert!(dead.is_empty());

@@ -469,7 +469,7 @@ fn worker_loop(
                     inflight.room()
                 });
                 tel.borrow().read(read);
-                firsts.note(index, "read a record", read > 0, now_ms);
+                first_time(&mut firsts.read, index, "read a record", read > 0, now_ms);
             }
         }
         src.serve();
@@ -517,7 +517,13 @@ fn worker_loop(
             ob.flush(&producers, &topics, breaker, now_ms, &mut counts);
             producers.poll();
             let (acked, failed) = ob.apply(&producers.acks, breaker, &mut counts);
-            firsts.note(index, "acknowledged an output", acked > 0, now_ms);
+            first_time(
+                &mut firsts.acked,
+                index,
+                "acknowledged an output",
+                acked > 0,
+                now_ms,
+            );
             if let Some(m) = &metrics {
                 m.delivery_failures.inc_by(failed as u64);
                 m.circuit_state.set(breaker.state().code());
@@ -583,17 +589,20 @@ fn worker_loop(
     Ok(s)
 }
 
-/// Logs the first time a worker reads a record and has an output acknowledged, with the
-/// milliseconds since the run started: what a slow first second spends its time on.
+/// Whether a worker has read a record and had an output acknowledged yet: the first time of
+/// each is logged with the milliseconds since the run started, which is what a slow first
+/// second spends its time on.
 #[derive(Default)]
-struct Firsts(Vec<&'static str>);
+struct Firsts {
+    read: bool,
+    acked: bool,
+}
 
-impl Firsts {
-    fn note(&mut self, worker: usize, what: &'static str, happened: bool, after_ms: u64) {
-        if happened && !self.0.contains(&what) {
-            self.0.push(what);
-            tracing::info!(worker, after_ms, "first time: {what}");
-        }
+/// Logs `what` once, the first time it `happened`.
+fn first_time(seen: &mut bool, worker: usize, what: &str, happened: bool, after_ms: u64) {
+    if happened && !*seen {
+        *seen = true;
+        tracing::info!(worker, after_ms, "first time: {what}");
     }
 }
 

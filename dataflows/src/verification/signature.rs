@@ -238,23 +238,28 @@ pub fn verify_batch(items: &[(&VerifyingKey, &[u8], &[u8; 64])]) -> Vec<bool> {
         .enumerate()
         .filter_map(|(i, &(pk, m, s))| prepare(pk, m, s).map(|p| (i, p)))
         .unzip();
+    if prepared.is_empty() {
+        return ok;
+    }
     let mut settled = vec![false; prepared.len()];
     let chunk = chunk_for(BAD_SHARE.get());
     for (c, o) in prepared.chunks(chunk).zip(settled.chunks_mut(chunk)) {
         locate(c, o, false);
     }
+    let bad = settled.iter().filter(|o| !**o).count();
+    let weight = (prepared.len() as f64 / 1024.0).min(1.0);
+    BAD_SHARE.set(BAD_SHARE.get() + weight * (bad as f64 / prepared.len() as f64 - BAD_SHARE.get()));
     for (i, s) in at.into_iter().zip(settled) {
         ok[i] = s;
     }
-    let bad = ok.iter().filter(|o| !**o).count();
-    let weight = (items.len() as f64 / 1024.0).min(1.0);
-    BAD_SHARE.set(BAD_SHARE.get() + weight * (bad as f64 / items.len() as f64 - BAD_SHARE.get()));
     ok
 }
 
 thread_local! {
-    /// The share of bad signatures among the last ~1,000 this thread batch-checked (an
-    /// exponentially weighted mean over calls, each weighted by its size).
+    /// The share of bad signatures among the last ~1,000 prepared ones this thread checked
+    /// (an exponentially weighted mean over calls, each weighted by its size). Encodings
+    /// refused while preparing cost nothing and do not count: a sender could otherwise make
+    /// every honest signature a single check by mixing in free garbage.
     static BAD_SHARE: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
 }
 
@@ -685,6 +690,34 @@ mod tests {
             locate(&prepared, &mut vec![false; prepared.len()], false);
         }
         (chunked, WORK.get() as f64 / measured)
+    }
+
+    /// Signatures refused while preparing do not move the chunk size; forgeries that reach
+    /// the equation do. Here nine in ten carry an R of 32 bytes 0xff (no canonical encoding;
+    /// their s is reduced, so they pass the pipeline's cheap checks): counted, they made every
+    /// honest signature a single check.
+    #[test]
+    fn only_signatures_that_reach_the_equation_set_the_chunk_size() {
+        let (pk, mut items) = signed(64 * 16, |i| i % 10 == 3);
+        BAD_SHARE.set(0.0);
+        for (i, (_, s)) in items.iter_mut().enumerate() {
+            if i % 10 != 0 {
+                s[..32].copy_from_slice(&[0xff; 32]);
+            }
+        }
+        let refs: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
+            items.iter().map(|(m, s)| (&pk, m.as_slice(), s)).collect();
+        let got: Vec<bool> = refs.chunks(64).flat_map(verify_batch).collect();
+        let want: Vec<bool> = (0..refs.len()).map(|i| i % 10 == 0).collect();
+        assert_eq!(got, want);
+        assert_eq!(chunk_for(BAD_SHARE.get()), MAX_CHUNK, "share {}", BAD_SHARE.get());
+        let (pk, items) = signed(64 * 16, |i| i % 10 == 3);
+        let refs: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
+            items.iter().map(|(m, s)| (&pk, m.as_slice(), s)).collect();
+        for call in refs.chunks(64) {
+            verify_batch(call);
+        }
+        assert!(chunk_for(BAD_SHARE.get()) <= 8, "share {}", BAD_SHARE.get());
     }
 
     /// A producer that forges one signature in ten must not make each cost many: whole

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::replay::{fingerprint, provenance, ReplayGuard, Sighting, BUCKETS};
 use super::replay_log::ReplayRecord;
 use super::sampling::{chunk_quota, least_ranked, sample_size, wilson_lower_bound, SampleKey};
-use super::signature::{observation_message, s_is_canonical, verify_batch, Keyring};
+use super::signature::{observation_message, r_is_canonical, s_is_canonical, verify_batch, Keyring};
 use super::{BatchRef, Checks, DigestCheck, SignatureCheck, Tier, Verification};
 use crate::observation::{InputRef, SignatureRef, Text};
 use crate::record::{BatchEvent, Checked, Scored, Seal};
@@ -619,13 +619,14 @@ impl ShardVerifier {
 }
 
 /// The signature checks that cost no Ed25519 verification: a key id not in the keyring
-/// (`UnknownKey`) and an `s` that is not reduced mod ℓ (`Bad`, it can never verify). Made on
-/// every signed item in every tier, so that an item the statistical tier leaves unsampled
-/// cannot pass with either. `SampledOut` means the signature still has to be verified.
+/// (`UnknownKey`), and an `s` that is not reduced mod ℓ or an `R` that is not a canonical
+/// point encoding (`Bad`: it can never verify). Made on every signed item in every tier, so
+/// that an item the statistical tier leaves unsampled cannot pass with any of them.
+/// `SampledOut` means the signature still has to be verified.
 fn cheap_signature_check(keyring: &Keyring, sig: &SignatureRef) -> SignatureCheck {
     if keyring.get(&sig.key_id).is_none() {
         SignatureCheck::UnknownKey
-    } else if !s_is_canonical(&sig.sig) {
+    } else if !s_is_canonical(&sig.sig) || !r_is_canonical(&sig.sig) {
         SignatureCheck::Bad
     } else {
         SignatureCheck::SampledOut
@@ -1043,21 +1044,31 @@ mod tests {
         assert_eq!(v.deferred_len(), 0);
     }
 
-    /// `scored` with its signature under a key id that is not in the keyring, or with its
-    /// `s` half replaced by ℓ (not reduced, so it can never verify).
-    fn forged(id: &str, pos: u64, urgency: Urgency, unknown_key: bool) -> Scored {
+    /// What is wrong with a signature in [`forged`].
+    #[derive(Clone, Copy)]
+    enum Forgery {
+        /// Under a key id that is not in the keyring.
+        UnknownKey,
+        /// Its `s` half replaced by ℓ (not reduced).
+        Unreduced,
+        /// Its `R` half 32 bytes 0xff (y ≥ p: no canonical encoding).
+        NonCanonicalR,
+    }
+
+    /// `scored` with a signature that can never verify, in the way `how` says.
+    fn forged(id: &str, pos: u64, urgency: Urgency, how: Forgery) -> Scored {
         let mut s = scored(id, pos, urgency, Some(true));
         let sig = s.decoded.obs.signature.as_mut().unwrap();
-        if unknown_key {
-            sig.key_id = "00000000deadbeef".into();
-        } else {
-            sig.sig[32..].copy_from_slice(&crate::verification::signature::ORDER_LE);
+        match how {
+            Forgery::UnknownKey => sig.key_id = "00000000deadbeef".into(),
+            Forgery::Unreduced => sig.sig[32..].copy_from_slice(&crate::verification::signature::ORDER_LE),
+            Forgery::NonCanonicalR => sig.sig[..32].copy_from_slice(&[0xff; 32]),
         }
         s
     }
 
     #[test]
-    fn unknown_keys_and_unreduced_signatures_are_invalid_in_every_tier_sampled_or_not() {
+    fn unknown_keys_and_malformed_signatures_are_invalid_in_every_tier_sampled_or_not() {
         // A sample of nothing: only the cheap checks run at once in the statistical tier.
         let c = VerifyConfig {
             statistical_confidence: 0.0,
@@ -1068,8 +1079,9 @@ mod tests {
             let mut out = Vec::new();
             let epoch = vec![
                 scored("good", 0, urgency, Some(true)),
-                forged("unknown", 1, urgency, true),
-                forged("unreduced", 2, urgency, false),
+                forged("unknown", 1, urgency, Forgery::UnknownKey),
+                forged("unreduced", 2, urgency, Forgery::Unreduced),
+                forged("non-canonical-r", 3, urgency, Forgery::NonCanonicalR),
             ];
             v.process(epoch, 0, &mut out);
             v.seal_all(&mut out);
@@ -1087,6 +1099,7 @@ mod tests {
                 [
                     (good, true),
                     (SignatureCheck::UnknownKey, false),
+                    (SignatureCheck::Bad, false),
                     (SignatureCheck::Bad, false)
                 ],
                 "{urgency:?}"

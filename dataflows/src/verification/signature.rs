@@ -330,7 +330,7 @@ fn prepare<'a>(key: &'a VerifyingKey, message: &[u8], sig: &[u8; 64]) -> Option<
     let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(
         s_bytes.try_into().expect("32 bytes"),
     ))?;
-    if !r_is_canonical(&r_bytes) {
+    if !r_is_canonical(sig) {
         return None;
     }
     let r = CompressedEdwardsY(r_bytes).decompress()?;
@@ -353,10 +353,14 @@ const P_LE: [u8; 32] = {
     p
 };
 
-/// Whether R's 32 bytes are the one encoding of their point that compression produces: y
-/// (the low 255 bits) below p, and the sign bit clear when x is 0 (y = 1 or y = p − 1).
-fn r_is_canonical(r: &[u8; 32]) -> bool {
-    let mut y = *r;
+/// Whether the signature's `R` half (bytes 0..32) is the one encoding of its point that
+/// compression produces: y (the low 255 bits) below p, and the sign bit clear when x is 0
+/// (y = 1 or y = p − 1). ed25519-dalek's `verify` compares R's bytes with a compression, so
+/// a signature whose R is not canonical can never verify; like [`s_is_canonical`], telling
+/// so costs a few byte comparisons, so it is checked on every item, sampled or not.
+pub fn r_is_canonical(sig: &[u8; 64]) -> bool {
+    let r = &sig[..32];
+    let mut y: [u8; 32] = r.try_into().expect("32 bytes");
     y[31] &= 0x7f;
     let below_p = (0..32)
         .rev()
@@ -777,6 +781,13 @@ mod tests {
         sig
     }
 
+    /// A signature whose R half is `r` (and s zero).
+    fn with_r(r: [u8; 32]) -> [u8; 64] {
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r);
+        sig
+    }
+
     #[test]
     fn r_is_canonical_accepts_exactly_what_compression_produces() {
         use curve25519_dalek::edwards::CompressedEdwardsY;
@@ -789,7 +800,7 @@ mod tests {
             .map(|i| EdwardsPoint::mul_base(&Scalar::from(i * 7919)))
             .chain([EdwardsPoint::default(), order4, -order4, order4 + order4])
         {
-            assert!(r_is_canonical(&p.compress().to_bytes()), "{p:?}");
+            assert!(r_is_canonical(&with_r(p.compress().to_bytes())), "{p:?}");
         }
         let with = |y0: u8, last: u8| {
             let mut b = P_LE;
@@ -807,7 +818,7 @@ mod tests {
             ("x = 0 with the sign bit (identity)", identity_signed),
             ("x = 0 with the sign bit (y = p − 1)", with(0xec, 0xff)),
         ] {
-            assert!(!r_is_canonical(&bytes), "{name}");
+            assert!(!r_is_canonical(&with_r(bytes)), "{name}");
         }
         // dalek decodes such bytes anyway, which is why the check is needed.
         assert_eq!(

@@ -949,6 +949,48 @@ mod tests {
         assert!(bad > 150 && bad < 250, "{bad} bad");
     }
 
+    /// The short form of the `signatures` fuzz target: batches of 1–40 signatures by two
+    /// keys, damaged in every way the target damages them, get `verify`'s answer for every
+    /// item from `verify_batch`, at whatever chunk size the earlier batches left.
+    #[test]
+    fn verify_batch_is_verify_for_every_kind_of_damage() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let keys = [key(31), key(32)];
+        let (mut good, mut bad) = (0, 0);
+        for round in 0..60 {
+            let n = rng.gen_range(1..=40);
+            let damage_share = [0.0, 0.05, 0.3, 0.9][round % 4];
+            let batch: Vec<(usize, Vec<u8>, [u8; 64])> = (0..n)
+                .map(|i| {
+                    let k = rng.gen_range(0..2);
+                    let m = format!("r{round}-{i}").into_bytes();
+                    let mut sig = keys[k].sign(&m).to_bytes();
+                    if rng.gen_bool(damage_share) {
+                        match rng.gen_range(0..5) {
+                            0 => sig[rng.gen_range(0..64)] ^= 1 << rng.gen_range(0..8),
+                            1 => rng.fill(&mut sig[..32]),
+                            2 => rng.fill(&mut sig[32..]),
+                            3 => sig[31] ^= 0x80,
+                            _ => sig[63] |= 0x10 << rng.gen_range(0..4),
+                        }
+                    }
+                    (k, m, sig)
+                })
+                .collect();
+            let public: Vec<VerifyingKey> = keys.iter().map(SigningKey::verifying_key).collect();
+            let items: Vec<(&VerifyingKey, &[u8], &[u8; 64])> = batch
+                .iter()
+                .map(|(k, m, s)| (&public[*k], m.as_slice(), s))
+                .collect();
+            let want: Vec<bool> = items.iter().map(|(k, m, s)| verify_single(k, m, s)).collect();
+            assert_eq!(verify_batch(&items), want, "round {round}");
+            good += want.iter().filter(|w| **w).count();
+            bad += want.iter().filter(|w| !**w).count();
+        }
+        assert!(good > 300 && bad > 200, "{good} good, {bad} bad");
+    }
+
     /// `batch_holds` against ed25519-dalek's own `verify_batch` on random batches: several
     /// keys, repeated keys, and every kind of bad item (another message, a changed R, an R
     /// that is no point, an unreduced s, a changed s). They must agree on every batch.

@@ -673,11 +673,10 @@ fn ready(addr: &str) -> bool {
 /// The live phase's producer: bizra's settings but librdkafka's default `linger.ms` of 5
 /// (bizra's 20 would follow each input's timestamp, taken when it is handed over, with up
 /// to 20 ms of the feeder's own batching; 0 makes every message a request of its own, which
-/// the test broker queues for seconds at these rates).
-/// The live phase's feeder: bizra's producer settings, lingering 5 ms. It has delivered one
-/// record to `warm` before it is returned: an idempotent producer holds its first records
-/// until it has a producer id (up to 500 ms after its start), which would be charged to the
-/// first verdicts' latency.
+/// the test broker queues for seconds at these rates). It has delivered one record to `warm`
+/// before it is returned: an idempotent producer holds its first records until it has a
+/// producer id (up to 500 ms after its start), which would be charged to the first
+/// verdicts' latency.
 fn live_producer(addr: &str, warm: &str) -> BaseProducer {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", addr);

@@ -353,6 +353,18 @@ const P_LE: [u8; 32] = {
     p
 };
 
+/// 1 and p − 1, little-endian: the two y whose x is 0.
+const ONE_LE: [u8; 32] = {
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    one
+};
+const P_MINUS_ONE_LE: [u8; 32] = {
+    let mut p = P_LE;
+    p[0] -= 1;
+    p
+};
+
 /// Whether the signature's `R` half (bytes 0..32) is the one encoding of its point that
 /// compression produces: y (the low 255 bits) below p, and the sign bit clear when x is 0
 /// (y = 1 or y = p − 1). ed25519-dalek's `verify` compares R's bytes with a compression, so
@@ -366,11 +378,7 @@ pub fn r_is_canonical(sig: &[u8; 64]) -> bool {
         .rev()
         .find(|&i| y[i] != P_LE[i])
         .is_some_and(|i| y[i] < P_LE[i]);
-    let mut one = [0u8; 32];
-    one[0] = 1;
-    let mut minus_one = P_LE;
-    minus_one[0] -= 1;
-    let x_is_zero = y == one || y == minus_one;
+    let x_is_zero = y == ONE_LE || y == P_MINUS_ONE_LE;
     below_p && !(x_is_zero && r[31] & 0x80 != 0)
 }
 
@@ -626,6 +634,20 @@ mod tests {
     /// A message and its signature.
     type Signed = (Vec<u8>, [u8; 64]);
 
+    /// One item of a `verify_batch` call.
+    type Item<'a> = (&'a VerifyingKey, &'a [u8], &'a [u8; 64]);
+
+    /// `items` as `verify_batch` takes them, all under `pk`.
+    fn under<'a>(pk: &'a VerifyingKey, items: &'a [Signed]) -> Vec<Item<'a>> {
+        items.iter().map(|(m, s)| (pk, m.as_slice(), s)).collect()
+    }
+
+    /// How many of `outcomes` are true and how many false.
+    fn both_ways(outcomes: &[bool]) -> (usize, usize) {
+        let yes = outcomes.iter().filter(|o| **o).count();
+        (yes, outcomes.len() - yes)
+    }
+
     /// `n` items signed by one key; those with `bad(i)` carry a signature of another message.
     fn signed(n: usize, bad: impl Fn(usize) -> bool) -> (VerifyingKey, Vec<Signed>) {
         let k = key(7);
@@ -663,8 +685,7 @@ mod tests {
         let shapes: [&dyn Fn(usize) -> bool; 3] = [&|_| false, &|i| (40..52).contains(&i), &|i| i % 3 == 0];
         for shape in shapes {
             let (pk, items) = signed(150, shape);
-            let refs: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
-                items.iter().map(|(m, s)| (&pk, m.as_slice(), s)).collect();
+            let refs = under(&pk, &items);
             let got = verify_batch(&refs);
             let want: Vec<bool> = items.iter().map(|(m, s)| verify_single(&pk, m, s)).collect();
             assert_eq!(got, want);
@@ -677,7 +698,7 @@ mod tests {
 
     /// Work per signature (in [`chunk_for`]'s units) of `verify_batch` over `refs` in calls of
     /// 64, after 12 calls to learn the share, and of whole 64-signature equations instead.
-    fn work_per_signature(refs: &[(&VerifyingKey, &[u8], &[u8; 64])]) -> (f64, f64) {
+    fn work_per_signature(refs: &[Item]) -> (f64, f64) {
         BAD_SHARE.set(0.0);
         for call in refs.chunks(64).take(12) {
             verify_batch(call);
@@ -709,15 +730,13 @@ mod tests {
                 s[..32].copy_from_slice(&[0xff; 32]);
             }
         }
-        let refs: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
-            items.iter().map(|(m, s)| (&pk, m.as_slice(), s)).collect();
+        let refs = under(&pk, &items);
         let got: Vec<bool> = refs.chunks(64).flat_map(verify_batch).collect();
         let want: Vec<bool> = (0..refs.len()).map(|i| i % 10 == 0).collect();
         assert_eq!(got, want);
         assert_eq!(chunk_for(BAD_SHARE.get()), MAX_CHUNK, "share {}", BAD_SHARE.get());
         let (pk, items) = signed(64 * 16, |i| i % 10 == 3);
-        let refs: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
-            items.iter().map(|(m, s)| (&pk, m.as_slice(), s)).collect();
+        let refs = under(&pk, &items);
         for call in refs.chunks(64) {
             verify_batch(call);
         }
@@ -733,8 +752,7 @@ mod tests {
         // (one bad in, most units per signature, most of the whole equations' cost)
         for (every, bound, share) in [(10, 5.5, 0.7), (100, 2.3, 0.9), (usize::MAX, 1.15, 1.0)] {
             let (pk, items) = signed(64 * 24, |i| i % every == 3);
-            let refs: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
-                items.iter().map(|(m, s)| (&pk, m.as_slice(), s)).collect();
+            let refs = under(&pk, &items);
             let (chunked, whole) = work_per_signature(&refs);
             assert!(
                 chunked < bound,
@@ -854,8 +872,7 @@ mod tests {
                 (mi, s)
             })
             .collect();
-        let mut items: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
-            good.iter().map(|(mi, s)| (&pk, mi.as_slice(), s)).collect();
+        let mut items: Vec<Item> = good.iter().map(|(mi, s)| (&pk, mi.as_slice(), s)).collect();
         items.insert(3, (&pk, m.as_slice(), &sig));
         BAD_SHARE.set(0.0);
         let mut want = vec![true; 8];
@@ -894,10 +911,9 @@ mod tests {
             })
             .collect();
         let kpk = k.verifying_key();
-        let (mut accepted, mut refused) = (0, 0);
+        let mut crafted_ok = Vec::new();
         for round in 0..200 {
-            let mut items: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
-                good.iter().map(|(mi, s)| (&kpk, mi.as_slice(), s)).collect();
+            let mut items: Vec<Item> = good.iter().map(|(mi, s)| (&kpk, mi.as_slice(), s)).collect();
             items.insert(round % 8, (&pk, m.as_slice(), &sig));
             BAD_SHARE.set(0.0);
             let ok = verify_batch(&items);
@@ -907,12 +923,9 @@ mod tests {
                     "round {round}: a good signature judged bad: {ok:?}"
                 );
             }
-            if ok[round % 8] {
-                accepted += 1
-            } else {
-                refused += 1
-            }
+            crafted_ok.push(ok[round % 8]);
         }
+        let (accepted, refused) = both_ways(&crafted_ok);
         assert!(
             accepted > 0 && refused > 0,
             "{accepted} accepted, {refused} refused"
@@ -957,7 +970,7 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
         let keys = [key(31), key(32)];
-        let (mut good, mut bad) = (0, 0);
+        let mut all = Vec::new();
         for round in 0..60 {
             let n = rng.gen_range(1..=40);
             let damage_share = [0.0, 0.05, 0.3, 0.9][round % 4];
@@ -979,15 +992,15 @@ mod tests {
                 })
                 .collect();
             let public: Vec<VerifyingKey> = keys.iter().map(SigningKey::verifying_key).collect();
-            let items: Vec<(&VerifyingKey, &[u8], &[u8; 64])> = batch
+            let items: Vec<Item> = batch
                 .iter()
                 .map(|(k, m, s)| (&public[*k], m.as_slice(), s))
                 .collect();
             let want: Vec<bool> = items.iter().map(|(k, m, s)| verify_single(k, m, s)).collect();
             assert_eq!(verify_batch(&items), want, "round {round}");
-            good += want.iter().filter(|w| **w).count();
-            bad += want.iter().filter(|w| !**w).count();
+            all.extend(want);
         }
+        let (good, bad) = both_ways(&all);
         assert!(good > 300 && bad > 200, "{good} good, {bad} bad");
     }
 
@@ -999,7 +1012,7 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(16);
         let keys: Vec<SigningKey> = (1..=5).map(key).collect();
-        let (mut holds, mut fails) = (0, 0);
+        let mut outcomes = Vec::new();
         for _ in 0..400 {
             let n = rng.gen_range(1..40);
             let mut batch: Vec<(VerifyingKey, Vec<u8>, [u8; 64])> = Vec::new();
@@ -1027,20 +1040,16 @@ mod tests {
                 }
                 batch.push((k.verifying_key(), m, sig));
             }
-            let items: Vec<(&VerifyingKey, &[u8], &[u8; 64])> =
-                batch.iter().map(|(k, m, s)| (k, m.as_slice(), s)).collect();
+            let items: Vec<Item> = batch.iter().map(|(k, m, s)| (k, m.as_slice(), s)).collect();
             let messages: Vec<&[u8]> = batch.iter().map(|(_, m, _)| m.as_slice()).collect();
             let sigs: Vec<Signature> = batch.iter().map(|(_, _, s)| Signature::from_bytes(s)).collect();
             let vks: Vec<VerifyingKey> = batch.iter().map(|(k, _, _)| *k).collect();
             let dalek = ed25519_dalek::verify_batch(&messages, &sigs, &vks).is_ok();
             let prepared: Option<Vec<Prepared>> = items.iter().map(|&(k, m, s)| prepare(k, m, s)).collect();
             assert_eq!(prepared.is_some_and(|p| batch_holds(&p)), dalek, "batch of {n}");
-            if dalek {
-                holds += 1
-            } else {
-                fails += 1
-            }
+            outcomes.push(dalek);
         }
+        let (holds, fails) = both_ways(&outcomes);
         assert!(
             holds > 50 && fails > 50,
             "both outcomes exercised: {holds} hold, {fails} fail"

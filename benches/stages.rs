@@ -2,6 +2,10 @@
 //! Run: `cargo bench --bench stages`. Isolates the pure stage functions from timely, I/O and
 //! the generator: inputs are generated and decoded before the measurement.
 //!
+//! `verdict/json` (run: `cargo bench --bench stages -- verdict`) writes the verdicts of 1,024
+//! assessed records, each with a 6-hash inclusion proof as a full-tier batch of 64 gives
+//! them, as the sink writes them (SPEC §1.3 JSON, one line each).
+//!
 //! `explain/*` (run: `cargo bench --bench stages -- explain`) times the assess step with
 //! `output.explain` off and in each style; the difference to `off` is the per-record cost of
 //! the explanation. Its records carry a passed incremental-tier verification made up front
@@ -20,10 +24,12 @@ use bizra_dataflows::policy::Policy;
 use bizra_dataflows::record::Checked;
 use bizra_dataflows::testing::{self, verification};
 use bizra_dataflows::value::{assess, Provenance};
+use bizra_dataflows::verdict::Proof;
 use bizra_dataflows::verification::leaf::LeafFields;
 use bizra_dataflows::verification::merkle::{Hash, Tree};
 use bizra_dataflows::verification::signature::{observation_message, verify_batch};
 use bizra_dataflows::verification::{BatchRef, Tier};
+use bizra_dataflows::wire::write_verdict;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ed25519_dalek::Signer;
 
@@ -229,5 +235,39 @@ fn explain(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages, explain);
+fn verdict(c: &mut Criterion) {
+    let (raw, _) = inputs();
+    let policy = Policy::reference();
+    let version = policy.version();
+    let hex = |i: usize| format!("{:064x}", i * 0x9e37_79b9_7f4a_7c15_usize);
+    let verdicts: Vec<_> = checked(&raw, &policy)
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut v = assess_record(c, &policy, &version, None).verdict;
+            v.proof = Some(Proof {
+                tree_size: 64,
+                root: hex(i / 64),
+                path: (0..6).map(|k| hex(i * 8 + k)).collect(),
+            });
+            v
+        })
+        .collect();
+    let mut g = c.benchmark_group("verdict");
+    g.throughput(Throughput::Elements(N as u64));
+    let mut out = Vec::with_capacity(N * 2600);
+    g.bench_function("json", |b| {
+        b.iter(|| {
+            out.clear();
+            for v in &verdicts {
+                write_verdict(&mut out, v);
+                out.push(b'\n');
+            }
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, stages, explain, verdict);
 criterion_main!(benches);

@@ -239,7 +239,7 @@ fn verdict(c: &mut Criterion) {
     let (raw, _) = inputs();
     let policy = Policy::reference();
     let version = policy.version();
-    let hex = |i: usize| format!("{:064x}", i * 0x9e37_79b9_7f4a_7c15_usize);
+    let hex = |i: usize| format!("{:064x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let verdicts: Vec<_> = checked(&raw, &policy)
         .into_iter()
         .enumerate()

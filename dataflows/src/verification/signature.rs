@@ -202,13 +202,15 @@ pub(crate) const ORDER_LE: [u8; 32] = [
 /// RFC 8032 §5.1.7 requires. A signature whose `s` is not can never verify; telling so costs
 /// 32 byte comparisons, so it is checked on every item, sampled or not (SPEC §2.2).
 pub fn s_is_canonical(sig: &[u8; 64]) -> bool {
-    for i in (0..32).rev() {
-        let (b, l) = (sig[32 + i], ORDER_LE[i]);
-        if b != l {
-            return b < l;
-        }
-    }
-    false
+    below_le(sig[32..].try_into().expect("32 bytes"), &ORDER_LE)
+}
+
+/// Whether the little-endian number `x` is below `bound`.
+fn below_le(x: &[u8; 32], bound: &[u8; 32]) -> bool {
+    (0..32)
+        .rev()
+        .find(|&i| x[i] != bound[i])
+        .is_some_and(|i| x[i] < bound[i])
 }
 
 /// Checks one signature over `message` under the keyring's key `key_id`.
@@ -374,12 +376,8 @@ pub fn r_is_canonical(sig: &[u8; 64]) -> bool {
     let r = &sig[..32];
     let mut y: [u8; 32] = r.try_into().expect("32 bytes");
     y[31] &= 0x7f;
-    let below_p = (0..32)
-        .rev()
-        .find(|&i| y[i] != P_LE[i])
-        .is_some_and(|i| y[i] < P_LE[i]);
     let x_is_zero = y == ONE_LE || y == P_MINUS_ONE_LE;
-    below_p && !(x_is_zero && r[31] & 0x80 != 0)
+    below_le(&y, &P_LE) && !(x_is_zero && r[31] & 0x80 != 0)
 }
 
 /// Settles `items` into `ok` and returns whether all verify. Batch-checks them (unless
